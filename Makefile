@@ -1,0 +1,43 @@
+# pvae: the two commands a fresh machine needs are `make demo` and `make test`.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pvae-installed
+RUNS ?= runs
+
+.PHONY: setup demo test lint typecheck pytest model bench-train clean
+
+$(STAMP): pyproject.toml scripts/setup.sh
+	VENV=$(VENV) scripts/setup.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## demo: set up, train the quick model on CPU, evaluate it.
+demo: setup
+	$(BIN)/pvae-train --preset quick --device auto --out $(RUNS)/quick --overwrite
+	$(BIN)/pvae-eval $(RUNS)/quick/best.pt --json --out $(RUNS)/quick/eval.json
+
+## test: set up, lint, type-check, run the test suite (what CI runs).
+test: setup lint typecheck pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+typecheck: setup
+	$(BIN)/mypy serving clients pvae
+
+pytest: setup
+	$(BIN)/python -m pytest -q
+
+## model: retrain the bundled default model (lin|lin, K=512, natural patches) and ship it slimmed.
+model: setup
+	$(BIN)/pvae-train --preset default-model --device auto --out $(RUNS)/default-model --overwrite
+	$(BIN)/python -m pvae.training.checkpoint slim $(RUNS)/default-model/best.pt pvae/models/default.pt
+	cp $(RUNS)/default-model/basis.png docs/default-model-basis.png
+
+## bench-train: training throughput, adaptive sampler vs Algorithm 1 as written.
+bench-train: setup
+	$(BIN)/pvae-bench-train
+
+clean:
+	rm -rf $(RUNS) .pytest_cache .ruff_cache .mypy_cache

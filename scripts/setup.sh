@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One-step setup for a fresh machine: system packages the tests and demo use, then a virtualenv
+# with pvae installed (editable) and its dev/cpu extras. Idempotent: re-running is cheap.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+# Debian packages: Fashion-MNIST (classification studies and tests).
+APT_PACKAGES=(dataset-fashion-mnist)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    echo "setup: installing Debian packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "setup: creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+# torch is pinned: an open range pulls a multi-GB CUDA build; 2.13.0 installs the CPU wheel here.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[cpu,dev]" 2>&1 | grep -v "is ignored" || true
+"$VENV/bin/python" -c "import pvae, torch, onnxruntime; print(f'setup: pvae {pvae.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}')"
