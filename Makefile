@@ -24,7 +24,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy serving clients pvae
+	$(BIN)/mypy pvae training serving clients
 
 pytest: setup
 	$(BIN)/python -m pytest -q

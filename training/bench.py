@@ -64,12 +64,14 @@ def _measure(variant: str, device_spec: str, temperature: float, steps: int, bat
         loss.backward()
         opt.step()
 
-    for i in range(2):  # warm-up
-        step(i)
+    # Peak memory counts from here (data and model loaded), warm-up steps included.
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        base_cuda = torch.cuda.memory_allocated()
+    for i in range(2):  # warm-up
+        step(i)
     t0 = time.perf_counter()
     for i in range(steps):
         step(i)
@@ -77,13 +79,13 @@ def _measure(variant: str, device_spec: str, temperature: float, steps: int, bat
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
+        peak = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
     else:
         peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024  # KiB -> MiB
     return {"variant": variant, "device": str(device), "temperature": temperature, "weights": weights,
             "batch": batch, "k": k, "steps": steps, "seconds": elapsed,
             "samples_per_second": steps * batch / elapsed, "peak_mib": peak,
-            "peak_kind": "cuda max_memory_allocated" if device.type == "cuda" else "peak RSS growth"}
+            "peak_kind": "cuda max_memory_allocated growth" if device.type == "cuda" else "peak RSS growth"}
 
 
 def _run_child(args: argparse.Namespace, variant: str, temperature: float, weights: str) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import datetime as dt
 import os
 import pickle
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -164,19 +165,19 @@ def default_model_path() -> Path:
     return path
 
 
-def _main(argv: list[str] | None = None) -> int:
+def _main(argv: Sequence[str] | None = None) -> int:
     """``python -m pvae.training.checkpoint slim SRC DST``: strip training state for shipping."""
     import argparse
 
     from pvae.cli import run_cli
 
-    def run(args_in: object) -> int:
+    def run(args_in: Sequence[str] | None) -> int:
         p = argparse.ArgumentParser(prog="pvae.training.checkpoint")
         sub = p.add_subparsers(dest="cmd", required=True)
         slim = sub.add_parser("slim", help="copy a checkpoint without optimiser/scheduler/RNG state")
         slim.add_argument("src", type=Path)
         slim.add_argument("dst", type=Path)
-        args = p.parse_args(args_in)  # type: ignore[arg-type]
+        args = p.parse_args(args_in)
         out = slim_checkpoint(args.src, args.dst)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB)")
         return 0

@@ -25,6 +25,7 @@ Exact sampling (temperature 0) is ``torch.poisson``: integer counts, no gradient
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -70,6 +71,15 @@ def _fresh_exponentials(rate: Tensor, generator: torch.Generator | None) -> Expo
     return draw
 
 
+def _replay(exponentials: Tensor) -> ExponentialSource:
+    table = exponentials.reshape(exponentials.shape[0], -1)  # (n_exp, M)
+
+    def draw(j0: int, j1: int, idx: Tensor) -> Tensor:
+        return table[j0:j1, idx]
+
+    return draw
+
+
 def relaxed_counts_and_grad(
     rate: Tensor, temperature: float, n_exp: int, draw: ExponentialSource, hard: bool = False,
 ) -> tuple[Tensor, Tensor]:
@@ -106,8 +116,8 @@ def relaxed_counts_and_grad(
 
 class _RelaxedPoisson(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: torch.autograd.function.FunctionCtx, rate: Tensor, temperature: float, n_exp: int,
+    def forward(
+        ctx: Any, rate: Tensor, temperature: float, n_exp: int,
         draw: ExponentialSource, hard: bool,
     ) -> Tensor:
         counts, grad = relaxed_counts_and_grad(rate, temperature, n_exp, draw, hard)
@@ -115,8 +125,8 @@ class _RelaxedPoisson(torch.autograd.Function):
         return counts
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        (grad,) = ctx.saved_tensors  # type: ignore[attr-defined]
+    def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        (grad,) = ctx.saved_tensors
         return grad_output * grad, None, None, None, None
 
 
@@ -131,14 +141,7 @@ def relaxed_poisson(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for the relaxed sampler, got {temperature}")
-    if exponentials is not None:
-        table = exponentials.reshape(exponentials.shape[0], -1)  # (n_exp, M)
-
-        def draw(j0: int, j1: int, idx: Tensor) -> Tensor:
-            return table[j0:j1, idx]
-
-    else:
-        draw = _fresh_exponentials(rate, generator)
+    draw = _fresh_exponentials(rate, generator) if exponentials is None else _replay(exponentials)
     return _RelaxedPoisson.apply(rate, float(temperature), int(n_exp), draw, straight_through)
 
 
