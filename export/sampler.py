@@ -1,0 +1,900 @@
+"""Exact Poisson spike counts as a standard-ops ONNX graph, seeded per request.
+
+The sampler turns rates ``lambda`` (float32, shape ``(N, K)``, N and K dynamic) and a seed (int64 scalar)
+into counts ``z ~ Poisson(lambda)`` (int32, same shape). It uses only standard ``ai.onnx`` ops (design B of
+``docs/sampler.md``), so one ``.onnx`` file runs on any ONNX Runtime host. :func:`poisson_reference` is the
+same algorithm in numpy, bit for bit, and serves as the test oracle.
+
+Generator
+---------
+Counter-based: every random word is ``squares32(counter, key)`` (Widynski 2020, "Squares: a fast
+counter-based RNG", arXiv:2004.06278; 4 rounds of ``x = x*x + w`` and a 32-bit rotation on uint64). Squares
+needs only uint64 multiply, add and a 32-bit rotation, and the rotation is ``x div 2**32 + x * 2**32``.
+The CUDA EP implements Mul/Add/Div for uint64 but none of BitShift/BitwiseAnd/Or/Xor (ONNX Runtime
+``docs/OperatorKernels.md``), so the default graph has no bitwise op at all and produces the same integer
+stream on CPU and CUDA. ``shift="bitshift"`` swaps ``Div`` by ``2**s`` for ``BitShift`` (identical bits,
+faster on CPU, but BitShift is CPU-only: a CUDA session would run those nodes on the CPU).
+
+- Key: Squares keys must be *admissible* (all nibbles non-zero, the lower 8 distinct with an odd lowest
+  one, the 9th different from the 8th and absent from the upper 7). :func:`derive_key` builds such a key
+  from the 64-bit seed inside the graph: a 64-bit seed hash, 24 further words, an odd first nibble, a
+  random 7-of-14 arrangement (TopK on the words) and offset digits. About 2**57 distinct keys.
+- Counter: ``draw * 2**32 + index`` (uint64), so each element's words depend on (seed, element index,
+  draw number) only. Draw 0 is shared by 4 elements (one byte each), draw 1 is an element's 24 low
+  bits, draws 2 + 2j and 3 + 2j are the PTRS uniforms of rejection round j.
+
+Algorithm (per element, rates flattened row-major, e = flat index)
+------------------------------------------------------------------
+1. Sanitise: ``lambda = min(rate, MAX_RATE)`` if ``rate > 0`` else 0 (NaN, -inf, negatives give 0;
+   +inf and rates above ``MAX_RATE`` become ``MAX_RATE``).
+2. Uniform: ``w = (A * 2**24 + B + 0.5) / 2**32`` in (0, 1), A = one byte of draw 0, B = the top 24 bits
+   of draw 1; ``u = 1 - w`` (exact in float64).
+3. ``lambda < SWITCH_RATE``: inversion (sequential search) in float64, ``count = min{k : u < F(k)}`` with
+   ``p_0 = exp(-lambda)``, ``p_k = p_{k-1} * lambda / k`` and ``F(k) = F(k-1) + p_k``.
+4. ``lambda >= SWITCH_RATE``: PTRS, Hörmann's transformed rejection with squeeze (1993), float64, with the
+   constants numpy uses; log k! from a table for k < 16 and the Stirling series above.
+
+The graph computes exactly that, but in an order whose cost follows the spike count:
+
+a. Dense pre-screen on all N*K elements: one ``squares32`` per 4 elements (the bytes A), then a float32
+   test ``A < lambda * 2**8 + 1`` (with a rigorous rounding margin) that every element with count >= 1
+   passes. The others (most elements when lambda << 1) are 0 without further work.
+b. Compaction of the candidates (``Compress`` of an index range, then ``GatherElements``, both much faster
+   on the CPU EP than ``NonZero`` + ``Gather``); B is drawn for them only.
+c. Inversion in a ``Loop`` that advances ``inversion_block`` steps per iteration and keeps only the still
+   running elements. PTRS in a second ``Loop`` that keeps only the rejected elements; inside a round only
+   the proposals that neither the squeeze accepts nor the quick test rejects (~30 %) reach the logs.
+d. ``ScatterElements`` of the counts into zeros.
+
+Limits
+------
+- Rates are clamped to ``MAX_RATE`` (1e6): above it the counts are Poisson(1e6), not Poisson(rate).
+  Checked against scipy from 1e-3 to 200 (tests/test_sampler_onnx.py) and in the mean at 1e4 and 1e6.
+- Counts are int32; no cap below ``MAX_RATE`` applies (int32 holds any count PTRS can return there).
+- The uniforms have 32 bits: an inversion count k is reached with its exact probability rounded to the
+  2**-32 grid, so probabilities below ~2e-10 (e.g. counts far in the tail) are not represented, and a
+  rate of 1e-7 has P(count >= 1) correct to ~0.1 %.
+- N*K < 2**32 (the counter holds the element index in 32 bits).
+- ``MAX_INVERSION_COUNT`` / ``MAX_PTRS_ITERATIONS`` cap the loops; both caps are far beyond what 32-bit
+  uniforms can reach (see the constants), so they never bind in practice.
+- Graph and reference agree bit for bit in the integer stream and in every IEEE basic operation (+ - * /
+  sqrt, floor, comparisons). Exp and Log may differ by one ulp between numpy, the CPU EP and the CUDA EP;
+  that flips a count only if a uniform falls within ~1e-16 of a CDF value, i.e. essentially never.
+
+Cost model
+----------
+Dense part: 20 uint64 ops on N*K/4 words, ~7 float32/uint32 passes over N*K elements and one
+compaction (``Compress``) over N*K. Candidate part: proportional to the number of candidates
+M ~ sum(min(lambda, 1)) + N*K/256. Inversion Loop: ceil(max count / inversion_block) iterations (4 for
+the benchmark's sparse codes, at most 10 for rates < 10). PTRS Loop: until every proposal is accepted;
+a round accepts with probability alpha (0.75 at rate 10, 0.86 at 200), so about
+1 + ln(#large) / ln(1 / (1 - alpha)) iterations (7 for 614,400 elements at rate 200). On CUDA every
+compaction (``Compress``) and every Loop condition is a device-to-host sync: 4 before the Loops, 2 per
+inversion iteration and 3 per PTRS iteration (18 for the benchmark's sparse codes, 25 at rate 200).
+
+Usage::
+
+    model = build_sampler_model()                      # rates, seed -> counts
+    combined = append_sampler(rate_model, rates_name="rates")
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = [
+    "COUNTS_OUTPUT",
+    "DEFAULT_INVERSION_BLOCK",
+    "DEFAULT_OPSET",
+    "DERIVATION_KEY_A",
+    "DERIVATION_KEY_B",
+    "MAX_ELEMENTS",
+    "MAX_INVERSION_COUNT",
+    "MAX_PTRS_ITERATIONS",
+    "MAX_RATE",
+    "RATES_INPUT",
+    "SEED_INPUT",
+    "SWITCH_RATE",
+    "LoopTripCounts",
+    "SamplerParts",
+    "ShiftMode",
+    "append_sampler",
+    "build_sampler_model",
+    "derive_key",
+    "is_admissible_key",
+    "loop_trip_counts",
+    "poisson_reference",
+    "sampler_parts",
+    "squares32",
+]
+
+# ----------------------------------------------------------------------------------------------------
+# Public names and limits
+# ----------------------------------------------------------------------------------------------------
+RATES_INPUT: Final = "rates"
+"""Graph input: float32 rates lambda >= 0, shape (N, K), N and K dynamic (``sampler_parts``: any rank)."""
+SEED_INPUT: Final = "seed"
+"""Graph input: int64 scalar (shape []), the per-request seed. Any value is valid."""
+COUNTS_OUTPUT: Final = "counts"
+"""Graph output: int32 Poisson counts, the shape of ``rates``."""
+
+DEFAULT_OPSET: Final = 18
+"""ai.onnx opset of the standalone model: 18 is the lowest with Split(num_outputs) and ScatterElements-18."""
+DEFAULT_INVERSION_BLOCK: Final = 4
+"""Sequential-search steps per inversion Loop iteration (fewer iterations, i.e. CUDA syncs, vs waste)."""
+
+SWITCH_RATE: Final = 10.0
+"""Rates >= this use PTRS. Hörmann (1993) proves PTRS for mu >= 10; numpy switches at 10 too."""
+MAX_RATE: Final = 1.0e6
+"""Rates are clamped here (float32 1e6 is exact). The model's soft clamp is e**5.3 ~ 200."""
+MAX_INVERSION_COUNT: Final = 64
+"""Cap of the inversion search. With 32-bit uniforms u <= 1 - 2**-33, and for lambda < 10 the search
+stops once 1 - F(k) < 2**-33, i.e. by k = 37 (P(X > 36 | lambda=10) = 4.5e-11)."""
+MAX_PTRS_ITERATIONS: Final = 64
+"""Cap of PTRS rounds: a proposal is rejected with probability 1 - alpha <= 0.25 (rate 10), 0.25**64 ~ 3e-39."""
+MAX_ELEMENTS: Final = 2**32
+"""N*K must stay below this: the counter holds the element index in its low 32 bits."""
+
+ShiftMode = Literal["div", "bitshift"]
+"""How the graph shifts uint64 right: ``Div`` by a power of two (CPU and CUDA EP) or ``BitShift`` (CPU EP
+only). Both give identical bits."""
+
+# ----------------------------------------------------------------------------------------------------
+# Generator constants
+# ----------------------------------------------------------------------------------------------------
+_TWO_32: Final = 2**32
+_COUNTER_STRIDE: Final = _TWO_32  # counter = draw * 2**32 + index
+_DRAW_HIGH_BYTE: Final = 0  # one squares32 word gives the high byte A of 4 elements
+_DRAW_LOW_BITS: Final = 1  # the 24 low bits B of an element's inversion uniform
+_DRAW_PTRS_FIRST: Final = 2  # PTRS round j uses draws 2 + 2j (U) and 3 + 2j (V)
+_BYTES_PER_WORD: Final = 4  # elements served by one draw-0 word
+_LOW_BITS: Final = 24  # bits of B; A supplies the other 8 of the 32-bit uniform
+
+# Fixed admissible Squares keys (hand-picked digits, checked by is_admissible_key in the tests). They
+# only turn the seed into a per-request key; they are not the per-request key itself.
+DERIVATION_KEY_A: Final = 0x6B2D9E4F8C3A57E1
+DERIVATION_KEY_B: Final = 0xD3A59C7E2F14B68D
+_KEY_WORDS: Final = 24  # words used by derive_key: 1 (first nibble) + 15 (arrangement) + 1 + 7
+_ODD_NIBBLES: Final = (1, 3, 5, 7, 9, 11, 13, 15)
+_NIBBLES: Final = 15  # admissible nibbles are 1..15
+
+# Pre-screen margins (float32): candidate iff float32(v) < lambda * _SCREEN_SCALE + _SCREEN_OFFSET, where
+# v is the uint32 whose top byte is A. Relative slack 2**-10 and absolute slack 2**12 cover the float32
+# rounding (2**-24 relative, three roundings) and exp's ulp, so every element with u >= exp(-lambda) is a
+# candidate (proof in _emit_prescreen).
+_SCREEN_SCALE: Final = float(_TWO_32) * (1.0 + 2.0**-10)
+_SCREEN_OFFSET: Final = 2.0**24 + 2.0**12
+
+# PTRS constants, Hörmann (1993), "The transformed rejection method for generating Poisson random
+# variables", Insurance: Mathematics and Economics 12, 39-45; the values numpy's random_poisson_ptrs uses.
+_PTRS_B0, _PTRS_B1 = 0.931, 2.53  # b = 0.931 + 2.53 * sqrt(lambda)
+_PTRS_A0, _PTRS_A1 = -0.059, 0.02483  # a = -0.059 + 0.02483 * b
+_PTRS_IA0, _PTRS_IA1, _PTRS_IA2 = 1.1239, 1.1328, 3.4  # 1/alpha = 1.1239 + 1.1328 / (b - 3.4)
+_PTRS_VR0, _PTRS_VR1, _PTRS_VR2 = 0.9277, 3.6224, 2.0  # v_r = 0.9277 - 3.6224 / (b - 2)
+_PTRS_SHIFT: Final = 0.43  # k = floor((2a/us + b) U + lambda + 0.43)
+_PTRS_US_SQUEEZE, _PTRS_US_REJECT = 0.07, 0.013  # us thresholds of the squeeze and the quick rejection
+
+# log k! : exact table below _LOG_FACTORIAL_TABLE, Stirling series (Abramowitz & Stegun 6.1.41) above.
+# Truncation error after the x**-9 term is below 691/360360 / x**11 < 5e-17 for x = k + 1 >= 17.
+_LOG_FACTORIAL_TABLE: Final = 16
+_LOG_FACTORIALS: Final = np.array([math.lgamma(k + 1.0) for k in range(_LOG_FACTORIAL_TABLE)], dtype=np.float64)
+_STIRLING: Final = (1.0 / 12.0, -1.0 / 360.0, 1.0 / 1260.0, -1.0 / 1680.0, 1.0 / 1188.0)
+_HALF_LOG_2PI: Final = 0.5 * math.log(2.0 * math.pi)
+_INT32_MAX: Final = float(2**31 - 1)
+
+
+# ----------------------------------------------------------------------------------------------------
+# numpy side: generator, key, reference sampler
+# ----------------------------------------------------------------------------------------------------
+def _u64(value: npt.ArrayLike) -> np.ndarray:
+    return np.asarray(value, dtype=np.uint64)
+
+
+def squares32(counter: npt.ArrayLike, key: int, top_bits: int = 32) -> np.ndarray:
+    """Widynski's squares32 (arXiv:2004.06278, 4 rounds) on uint64 arrays; the top ``top_bits`` bits.
+
+    Returns uint64 values below ``2**top_bits``. All arithmetic wraps modulo 2**64, as in C.
+    """
+    if not 1 <= top_bits <= 32:
+        raise ValueError(f"top_bits must be in [1, 32], got {top_bits}")
+    ctr, k = _u64(counter), _u64(key)
+    s32 = np.uint64(32)
+    with np.errstate(over="ignore"):
+        x = y = ctr * k  # 1. Weyl-like start: counter * key
+        z = y + k
+        x = x * x + y  # 2. round 1: square, add, rotate by 32
+        x = (x >> s32) + (x << s32)
+        x = x * x + z  # 3. round 2
+        x = (x >> s32) + (x << s32)
+        x = x * x + y  # 4. round 3
+        x = (x >> s32) + (x << s32)
+        return (x * x + z) >> np.uint64(64 - top_bits)  # 5. round 4: the upper bits of the last square
+
+
+def is_admissible_key(key: int) -> bool:
+    """Whether ``key`` follows the Squares key rules (see the module docstring)."""
+    nibbles = [(int(key) >> (4 * i)) & 0xF for i in range(16)]
+    return (
+        0 not in nibbles
+        and len(set(nibbles[:8])) == 8
+        and nibbles[0] % 2 == 1
+        and nibbles[8] != nibbles[7]
+        and nibbles[8] not in nibbles[9:]
+    )
+
+
+def _seed_as_u64(seed: int) -> np.uint64:
+    if not -(2**63) <= int(seed) < 2**63:
+        raise ValueError(f"seed must fit int64, got {seed}")
+    return np.uint64(int(seed) % 2**64)  # two's complement, like Cast(int64 -> uint64)
+
+
+def derive_key(seed: int) -> int:
+    """The admissible Squares key of a seed, exactly as the graph derives it.
+
+    1. ``h = squares32(seed, KEY_A) * 2**32 + squares32(seed, KEY_B)`` (a 64-bit seed hash).
+    2. ``r_i = squares32(h + i, KEY_A)`` for i < 24.
+    3. Nibble 0 (lowest) = odd[r_0 mod 8]. Nibbles 1..7 = the 7 smallest of ``16 r_i + d`` over the
+       digits d = 0..14 (i = 1 + d), digit d standing for nibble d + 1, with nibble 0 excluded.
+    4. Nibble 8 = 1 + (nibble 7 + r_16 mod 14) mod 15; nibbles 9..15 = 1 + (nibble 8 + r_i mod 14) mod 15.
+    """
+    s = _seed_as_u64(seed)
+    h_a = int(squares32(s, DERIVATION_KEY_A))
+    h_b = int(squares32(s, DERIVATION_KEY_B))
+    seed_hash = (h_a * _TWO_32 + h_b) % 2**64
+    with np.errstate(over="ignore"):
+        words = squares32(np.uint64(seed_hash) + np.arange(_KEY_WORDS, dtype=np.uint64), DERIVATION_KEY_A)
+    r = words.astype(np.int64)
+    first = _ODD_NIBBLES[int(r[0] % 8)]
+    scores = r[1:16].astype(np.float64) * 16.0 + np.arange(_NIBBLES, dtype=np.float64)
+    scores[first - 1] = 2.0**40  # exclude the first nibble from the arrangement
+    lower = [first, *(int(i) + 1 for i in np.argsort(scores, kind="stable")[:7])]
+    ninth = 1 + (lower[7] + int(r[16] % 14)) % _NIBBLES
+    upper = [ninth, *(1 + (ninth + int(x % 14)) % _NIBBLES for x in r[17:24])]
+    key = sum(d << (4 * i) for i, d in enumerate(lower)) + (sum(d << (4 * i) for i, d in enumerate(upper)) << 32)
+    return key
+
+
+def _sanitise(rates: np.ndarray) -> np.ndarray:
+    """Step 1: float32 rates -> float32 lambda in [0, MAX_RATE] (NaN and non-positive -> 0)."""
+    flat = np.asarray(rates, dtype=np.float32).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        return np.where(flat > 0, np.minimum(flat, np.float32(MAX_RATE)), np.float32(0)).astype(np.float32)
+
+
+def _inversion_uniform(n: int, key: int) -> np.ndarray:
+    """Step 2: the float64 uniform u = 1 - w of every element (w = (A 2**24 + B + 0.5) / 2**32)."""
+    e = np.arange(n, dtype=np.uint64)
+    slots = np.uint64((n + _BYTES_PER_WORD - 1) // _BYTES_PER_WORD)  # P
+    lane, slot = (e // slots, e % slots) if n else (e, e)  # e = lane * P + slot
+    word = squares32(slot + np.uint64(_DRAW_HIGH_BYTE * _COUNTER_STRIDE), key)
+    high = (word >> (np.uint64(24) - np.uint64(8) * lane)) & np.uint64(0xFF)  # lane j: byte 3 - j
+    low = squares32(e + np.uint64(_DRAW_LOW_BITS * _COUNTER_STRIDE), key, top_bits=_LOW_BITS)
+    bits = (high << np.uint64(_LOW_BITS)) + low  # < 2**32
+    w = (bits.astype(np.float64) + 0.5) * 2.0**-32
+    return 1.0 - w
+
+
+def _inversion_counts(lam: np.ndarray, u: np.ndarray, block: int) -> tuple[np.ndarray, int]:
+    """Step 3: sequential search, count = min{k: u < F(k)}; also returns the Loop iterations used."""
+    p = np.exp(-lam)  # 3a. p_0 = exp(-lambda), F(0) = p_0
+    s = p.copy()
+    counts = (u >= s).astype(np.int32)  # 3b. count >= 1 iff u >= F(0)
+    active = np.flatnonzero(u >= s)
+    iterations = 0
+    for it in range(math.ceil(MAX_INVERSION_COUNT / block)):
+        if active.size == 0:
+            break
+        iterations += 1
+        pa, sa, la, ua = p[active], s[active], lam[active], u[active]
+        steps = np.zeros(active.size, dtype=np.int32)
+        for j in range(1, block + 1):  # 3c. p_k = p_{k-1} lambda / k; F(k) = F(k-1) + p_k
+            k = float(it * block + j)
+            pa = pa * la / k
+            sa = sa + pa
+            steps += (ua >= sa).astype(np.int32)
+        counts[active] = it * block + 1 + steps  # 3d. count = 1 + #{k >= 1 : u >= F(k)}
+        p[active], s[active] = pa, sa
+        active = active[ua >= sa]  # 3e. keep the elements whose search goes on
+    return counts, iterations
+
+
+def _log_factorial(k: np.ndarray) -> np.ndarray:
+    """log k! for integer-valued float64 k >= 0: table below 16, Stirling series above."""
+    x = k + 1.0
+    inv = 1.0 / x
+    inv2 = inv * inv
+    series: np.ndarray | float = _STIRLING[4]
+    for c in _STIRLING[3::-1]:
+        series = series * inv2 + c
+    stirling = (((x - 0.5) * np.log(x) - x) + _HALF_LOG_2PI) + series * inv
+    table = _LOG_FACTORIALS[np.minimum(k, _LOG_FACTORIAL_TABLE - 1).astype(np.int64)]
+    return np.where(k < _LOG_FACTORIAL_TABLE, table, stirling)
+
+
+def _ptrs_round(lam: np.ndarray, counter: np.ndarray, key: int, round_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Step 4, one PTRS round for every element given: (accepted mask, proposal k as float64)."""
+    draw = np.uint64((_DRAW_PTRS_FIRST + 2 * round_index) * _COUNTER_STRIDE)
+    h_u = squares32(counter + draw, key).astype(np.float64)
+    h_v = squares32(counter + draw + np.uint64(_COUNTER_STRIDE), key).astype(np.float64)
+    uu = (h_u + 0.5) * 2.0**-32 - 0.5  # 4a. U uniform on (-1/2, 1/2), V on (0, 1)
+    vv = (h_v + 0.5) * 2.0**-32
+    slam, loglam = np.sqrt(lam), np.log(lam)  # 4b. Hörmann's constants
+    b = _PTRS_B0 + _PTRS_B1 * slam
+    a = _PTRS_A0 + _PTRS_A1 * b
+    invalpha = _PTRS_IA0 + _PTRS_IA1 / (b - _PTRS_IA2)
+    vr = _PTRS_VR0 - _PTRS_VR1 / (b - _PTRS_VR2)
+    us = 0.5 - np.abs(uu)  # 4c. proposal
+    k = np.floor((2.0 * a / us + b) * uu + lam + _PTRS_SHIFT)
+    squeeze = (us >= _PTRS_US_SQUEEZE) & (vv <= vr)  # 4d. quick acceptance
+    reject = (k < 0) | ((us < _PTRS_US_REJECT) & (vv > us))  # 4e. quick rejection
+    kc = np.maximum(k, 0.0)
+    lhs = np.log(vv) + np.log(invalpha) - np.log(a / (us * us) + b)  # 4f. full test in log space
+    rhs = -lam + k * loglam - _log_factorial(kc)
+    return squeeze | (~reject & (lhs <= rhs)), kc
+
+
+def _ptrs_counts(lam: np.ndarray, elements: np.ndarray, key: int) -> tuple[np.ndarray, int]:
+    """Step 4: PTRS rounds until every element accepted; also returns the Loop iterations used."""
+    counts = np.zeros(lam.size, dtype=np.int32)
+    active = np.arange(lam.size)
+    counter = elements.astype(np.uint64)
+    iterations = 0
+    for j in range(MAX_PTRS_ITERATIONS):
+        if active.size == 0:
+            break
+        iterations += 1
+        accepted, k = _ptrs_round(lam[active], counter[active], key, j)
+        counts[active] = np.minimum(k, _INT32_MAX).astype(np.int32)
+        active = active[~accepted]  # 4g. rejected proposals try again with the next draws
+    return counts, iterations
+
+
+@dataclass(frozen=True)
+class LoopTripCounts:
+    """Iterations the two Loops of the sampler graph run for one input (each is a CUDA host sync)."""
+
+    inversion: int
+    """Iterations of the inversion Loop: ceil(max count among rates < SWITCH_RATE / block) or so."""
+    ptrs: int
+    """Iterations of the PTRS Loop: rounds until the last proposal is accepted."""
+
+
+def _reference(rates: np.ndarray, seed: int, inversion_block: int) -> tuple[np.ndarray, LoopTripCounts]:
+    """Steps 1-4 on every element (no pre-screen: it only skips work whose result is 0 anyway)."""
+    lam32 = _sanitise(rates)
+    n = lam32.size
+    if n >= MAX_ELEMENTS:
+        raise ValueError(f"rates has {n} elements; the sampler supports fewer than {MAX_ELEMENTS}")
+    key = derive_key(seed)
+    lam = lam32.astype(np.float64)
+    counts = np.zeros(n, dtype=np.int32)
+    small = np.flatnonzero(lam < SWITCH_RATE)
+    large = np.flatnonzero(lam >= SWITCH_RATE)
+    u = _inversion_uniform(n, key)
+    counts[small], inv_iters = _inversion_counts(lam[small], u[small], inversion_block)
+    counts[large], ptrs_iters = _ptrs_counts(lam[large], large, key)
+    return counts.reshape(np.shape(rates)), LoopTripCounts(inversion=inv_iters, ptrs=ptrs_iters)
+
+
+def poisson_reference(rates: np.ndarray, seed: int) -> np.ndarray:
+    """Poisson counts of ``rates`` for ``seed``: the sampler graph's algorithm in numpy, bit for bit.
+
+    >>> poisson_reference(np.full((2, 3), 0.5, np.float32), seed=7).dtype
+    dtype('int32')
+    """
+    counts, _ = _reference(rates, seed, DEFAULT_INVERSION_BLOCK)
+    return counts
+
+
+def loop_trip_counts(rates: np.ndarray, seed: int, inversion_block: int = DEFAULT_INVERSION_BLOCK) -> LoopTripCounts:
+    """How many iterations the graph's Loops run for ``rates`` and ``seed`` (from the reference)."""
+    return _reference(rates, seed, inversion_block)[1]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Graph side
+# ----------------------------------------------------------------------------------------------------
+class _Graph:
+    """Nodes of one (sub)graph; constants go to the shared top-level initializer list."""
+
+    def __init__(
+        self,
+        prefix: str,
+        counter: list[int],
+        initializers: list[TensorProto],
+        constants: dict[tuple[str, bytes, tuple[int, ...]], str],
+    ) -> None:
+        self.prefix = prefix
+        self._counter = counter
+        self.initializers = initializers
+        self._constants = constants
+        self.nodes: list[onnx.NodeProto] = []
+
+    def sub(self) -> _Graph:
+        """A graph for a Loop body that shares names and constants with this one."""
+        return _Graph(self.prefix, self._counter, self.initializers, self._constants)
+
+    def name(self, hint: str) -> str:
+        self._counter[0] += 1
+        return f"{self.prefix}{hint}_{self._counter[0]}"
+
+    def const(self, value: npt.ArrayLike, dtype: npt.DTypeLike) -> str:
+        array: np.ndarray = np.asarray(value, dtype=dtype)
+        cache_key = (array.dtype.str, array.tobytes(), array.shape)
+        if cache_key not in self._constants:
+            name = self.name("c")
+            self.initializers.append(numpy_helper.from_array(array, name))
+            self._constants[cache_key] = name
+        return self._constants[cache_key]
+
+    def op(self, op_type: str, *inputs: str, hint: str | None = None, **attrs: Any) -> str:
+        return self.ops(op_type, *inputs, n_out=1, hint=hint, **attrs)[0]
+
+    def ops(self, op_type: str, *inputs: str, n_out: int, hint: str | None = None, **attrs: Any) -> list[str]:
+        outputs = [self.name(hint or op_type.lower()) for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), outputs, name=self.name(op_type), **attrs))
+        return outputs
+
+
+def _shr(g: _Graph, x: str, bits: int, shift: ShiftMode) -> str:
+    """uint64 x >> bits: Div by 2**bits (portable) or BitShift (CPU EP only); the same bits."""
+    if shift == "bitshift":
+        return g.op("BitShift", x, g.const(bits, np.uint64), direction="RIGHT")
+    return g.op("Div", x, g.const(2**bits, np.uint64))
+
+
+def _squares32_graph(g: _Graph, counter: str, key: str, shift: ShiftMode, top_bits: int = 32) -> str:
+    """squares32 as uint64 graph ops; see :func:`squares32` for the numbered steps."""
+    two32 = g.const(_TWO_32, np.uint64)
+
+    def rotate(v: str) -> str:  # (v >> 32) + (v << 32); the halves do not overlap, so + is |
+        return g.op("Add", _shr(g, v, 32, shift), g.op("Mul", v, two32))
+
+    y = g.op("Mul", counter, key)
+    z = g.op("Add", y, key)
+    x = rotate(g.op("Add", g.op("Mul", y, y), y))
+    x = rotate(g.op("Add", g.op("Mul", x, x), z))
+    x = rotate(g.op("Add", g.op("Mul", x, x), y))
+    return _shr(g, g.op("Add", g.op("Mul", x, x), z), 64 - top_bits, shift)
+
+
+def _derive_key_graph(g: _Graph, seed: str, shift: ShiftMode) -> str:
+    """uint64 scalar key from the int64 seed; mirrors :func:`derive_key` step by step."""
+    i64 = np.int64
+    seed_u = g.op("Cast", seed, to=TensorProto.UINT64)  # ()
+    keys_ab = g.const([DERIVATION_KEY_A, DERIVATION_KEY_B], np.uint64)
+    h_ab = _squares32_graph(g, seed_u, keys_ab, shift)  # (2,)
+    h_a = g.op("Gather", h_ab, g.const(0, i64), axis=0)
+    h_b = g.op("Gather", h_ab, g.const(1, i64), axis=0)
+    seed_hash = g.op("Add", g.op("Mul", h_a, g.const(_TWO_32, np.uint64)), h_b)  # ()
+    counters = g.op("Add", seed_hash, g.const(np.arange(_KEY_WORDS), np.uint64))  # (24,)
+    words = _squares32_graph(g, counters, g.const(DERIVATION_KEY_A, np.uint64), shift)
+    r = g.op("Cast", words, to=TensorProto.INT64)  # (24,) all < 2**32
+
+    def part(start: int, stop: int) -> str:
+        return g.op("Slice", r, g.const([start], i64), g.const([stop], i64), g.const([0], i64))
+
+    first_index = g.op("Mod", g.op("Gather", r, g.const(0, i64), axis=0), g.const(8, i64))
+    first = g.op("Gather", g.const(_ODD_NIBBLES, i64), first_index, axis=0)  # ()
+    digits = g.const(np.arange(_NIBBLES), np.float64)
+    scores = g.op(
+        "Add", g.op("Mul", g.op("Cast", part(1, 16), to=TensorProto.DOUBLE), g.const(16.0, np.float64)), digits
+    )  # (15,)
+    is_first = g.op("Equal", g.const(np.arange(1, _NIBBLES + 1), i64), first)
+    scores = g.op("Where", is_first, g.const(2.0**40, np.float64), scores)
+    _, order = g.ops("TopK", scores, g.const([7], i64), n_out=2, largest=0, sorted=1)
+    lower_rest = g.op("Add", order, g.const(1, i64))  # (7,)
+    seventh = g.op("Gather", lower_rest, g.const(6, i64), axis=0)
+
+    def offset_digit(base: str, word: str) -> str:  # 1 + (base + word mod 14) mod 15, never == base
+        shifted = g.op("Add", base, g.op("Mod", word, g.const(14, i64)))
+        return g.op("Add", g.op("Mod", shifted, g.const(_NIBBLES, i64)), g.const(1, i64))
+
+    ninth = offset_digit(seventh, g.op("Gather", r, g.const(16, i64), axis=0))
+    upper_rest = offset_digit(ninth, part(17, 24))  # (7,)
+    axis0 = g.const([0], i64)
+    lower = g.op("Concat", g.op("Unsqueeze", first, axis0), lower_rest, axis=0)  # (8,)
+    upper = g.op("Concat", g.op("Unsqueeze", ninth, axis0), upper_rest, axis=0)  # (8,)
+    powers = g.const([16**i for i in range(8)], i64)
+
+    def assemble(nibbles: str) -> str:
+        value = g.op("ReduceSum", g.op("Mul", nibbles, powers), axis0, keepdims=0)
+        return g.op("Cast", value, to=TensorProto.UINT64)
+
+    return g.op("Add", g.op("Mul", assemble(upper), g.const(_TWO_32, np.uint64)), assemble(lower))
+
+
+def _flat_nonzero(g: _Graph, mask: str) -> str:
+    """int64 indices (M,) of the true entries of a 1-D bool mask; one host sync on CUDA.
+
+    ``Compress(arange, mask)`` rather than ``NonZero``: the same result, 1.5-3x faster on the CPU EP.
+    """
+    i64 = np.int64
+    arange = g.op("Range", g.const(0, i64), g.op("Size", mask), g.const(1, i64))
+    return g.op("Compress", arange, mask, axis=0)
+
+
+def _take(g: _Graph, data: str, indices: str) -> str:
+    """``data[indices]`` for 1-D tensors. GatherElements: ~10x faster than Gather on the CPU EP."""
+    return g.op("GatherElements", data, indices, axis=0)
+
+
+def _emit_prescreen(g: _Graph, rates: str, n: str, key: str, shift: ShiftMode) -> tuple[str, str]:
+    """Steps a-b: candidate element indices (M,) and the uint32 words (4P,) whose top byte is A.
+
+    With P = ceil(n / 4), element e = lane * P + slot takes byte 3 - lane of ``squares32(slot, key)``
+    (draw 0); multiplying the word by 2**(8 lane) (uint32, wrapping) moves that byte to the top, so
+    v = A 2**24 + rest.
+    Superset proof: count >= 1 needs u >= exp(-lambda), i.e. w <= 1 - exp(-lambda) <= lambda + 2**-52,
+    so A <= lambda 2**8 + 2**-44 and v < lambda 2**32 + 2**24 + 1. float32(v) <= v (1 + 2**-24), while
+    the threshold, after three float32 roundings, is >= lambda 2**32 (1 + 2**-10 - 2**-23) + 2**24
+    + 2**12 - 2, which is larger. NaN and -inf rates never pass (NaN < x is false); rates in (-2**-8, 0)
+    may pass and are set to 0 later, which gives count 0 as in the reference.
+    """
+    i64 = np.int64
+    words = np.int64(_BYTES_PER_WORD)
+    slots = g.op("Div", g.op("Add", n, g.const([words - 1], i64)), g.const([words], i64))  # (1,) P
+    counter = g.op(
+        "Cast",
+        g.op("Range", g.const(0, i64), g.op("Squeeze", slots, g.const([0], i64)), g.const(1, i64)),
+        to=TensorProto.UINT64,
+    )  # (P,); draw 0 adds nothing
+    word = g.op("Cast", _squares32_graph(g, counter, key, shift), to=TensorProto.UINT32)  # (P,)
+    # lane j = word * 2**(8j) (uint32, wrapping), lanes stacked plane-major: element e = lane * P + slot
+    lane_list = [word] + [g.op("Mul", word, g.const(2 ** (8 * j), np.uint32)) for j in range(1, _BYTES_PER_WORD)]
+    lanes = g.op("Concat", *lane_list, axis=0)  # (4P,)
+    high = g.op("Slice", g.op("Cast", lanes, to=TensorProto.FLOAT), g.const([0], i64), n)  # (n,)
+    threshold = g.op(
+        "Add", g.op("Mul", rates, g.const(_SCREEN_SCALE, np.float32)), g.const(_SCREEN_OFFSET, np.float32)
+    )  # (n,)
+    return _flat_nonzero(g, g.op("Less", high, threshold)), lanes
+
+
+def _emit_inversion_loop(g: _Graph, lam: str, u: str, block: int) -> str:
+    """Step c (inversion): float64 lam, u of the small-rate candidates (Ms,) -> int32 counts (Ms,)."""
+    i64, f64 = np.int64, np.float64
+    p0 = g.op("Exp", g.op("Neg", lam))  # 3a.
+    running = g.op("GreaterOrEqual", u, p0)  # 3b. count >= 1
+    counts0 = g.op("Cast", running, to=TensorProto.INT32)
+    pos = _flat_nonzero(g, running)
+    state0 = [pos] + [_take(g, t, pos) for t in (lam, u, p0, p0)]
+    cond0 = g.op("Greater", g.op("Size", pos), g.const(0, i64))
+
+    body = g.sub()
+    names = {k: body.name(f"inv_{k}") for k in ("iter", "cond", "pos", "lam", "u", "p", "s", "counts")}
+    base = body.op("Mul", body.op("Cast", names["iter"], to=TensorProto.DOUBLE), body.const(float(block), f64))
+    p, s = names["p"], names["s"]
+    steps: str | None = None
+    for j in range(1, block + 1):  # 3c. unrolled: k = iter * block + j
+        k = body.op("Add", base, body.const(float(j), f64))
+        p = body.op("Div", body.op("Mul", p, names["lam"]), k)
+        s = body.op("Add", s, p)
+        ge = body.op("GreaterOrEqual", names["u"], s)
+        step = body.op("Cast", ge, to=TensorProto.INT32)
+        steps = step if steps is None else body.op("Add", steps, step)
+    assert steps is not None  # block >= 1
+    first_k = body.op(
+        "Cast",
+        body.op("Add", body.op("Mul", names["iter"], body.const(block, i64)), body.const(1, i64)),
+        to=TensorProto.INT32,
+    )
+    count = body.op("Add", first_k, steps)  # 3d.
+    counts = body.op("ScatterElements", names["counts"], names["pos"], count, axis=0)
+    keep = _flat_nonzero(body, ge)  # 3e. still searching after the last step
+    out_state = [_take(body, t, keep) for t in (names["pos"], names["lam"], names["u"], p, s)]
+    cond = body.op("Greater", body.op("Size", keep), body.const(0, i64))
+    body_graph = _make_graph(
+        body,
+        inputs=[
+            (names["iter"], TensorProto.INT64, []),
+            (names["cond"], TensorProto.BOOL, []),
+            (names["pos"], TensorProto.INT64, [None]),
+            (names["lam"], TensorProto.DOUBLE, [None]),
+            (names["u"], TensorProto.DOUBLE, [None]),
+            (names["p"], TensorProto.DOUBLE, [None]),
+            (names["s"], TensorProto.DOUBLE, [None]),
+            (names["counts"], TensorProto.INT32, [None]),
+        ],
+        outputs=[
+            (cond, TensorProto.BOOL, []),
+            (out_state[0], TensorProto.INT64, [None]),
+            (out_state[1], TensorProto.DOUBLE, [None]),
+            (out_state[2], TensorProto.DOUBLE, [None]),
+            (out_state[3], TensorProto.DOUBLE, [None]),
+            (out_state[4], TensorProto.DOUBLE, [None]),
+            (counts, TensorProto.INT32, [None]),
+        ],
+        name=g.name("inversion_body"),
+    )
+    trip = g.const(math.ceil(MAX_INVERSION_COUNT / block), i64)
+    outs = g.ops("Loop", trip, cond0, *state0, counts0, n_out=6, body=body_graph)
+    return outs[-1]
+
+
+def _emit_log_factorial(g: _Graph, kc: str) -> str:
+    """log kc! for integer-valued float64 kc >= 0; mirrors :func:`_log_factorial`."""
+    f64 = np.float64
+    x = g.op("Add", kc, g.const(1.0, f64))
+    inv = g.op("Div", g.const(1.0, f64), x)
+    inv2 = g.op("Mul", inv, inv)
+    series = g.const(_STIRLING[4], f64)
+    for c in _STIRLING[3::-1]:
+        series = g.op("Add", g.op("Mul", series, inv2), g.const(c, f64))
+    head = g.op("Sub", g.op("Mul", g.op("Sub", x, g.const(0.5, f64)), g.op("Log", x)), x)
+    stirling = g.op("Add", g.op("Add", head, g.const(_HALF_LOG_2PI, f64)), g.op("Mul", series, inv))
+    table_index = g.op("Cast", g.op("Min", kc, g.const(float(_LOG_FACTORIAL_TABLE - 1), f64)), to=TensorProto.INT64)
+    table = _take(g, g.const(_LOG_FACTORIALS, f64), table_index)
+    return g.op("Where", g.op("Less", kc, g.const(float(_LOG_FACTORIAL_TABLE), f64)), table, stirling)
+
+
+def _emit_ptrs_loop(g: _Graph, lam: str, elements: str, key: str, shift: ShiftMode) -> str:
+    """Step c (PTRS): float64 lam (Ml,) and int64 element indices (Ml,) -> int32 counts (Ml,)."""
+    i64, f64 = np.int64, np.float64
+    counter0 = g.op("Cast", elements, to=TensorProto.UINT64)
+    pos0 = g.op("Range", g.const(0, i64), g.op("Size", elements), g.const(1, i64))
+    counts0 = g.op("ConstantOfShape", g.op("Shape", elements), value=numpy_helper.from_array(np.zeros(1, np.int32)))
+    cond0 = g.op("Greater", g.op("Size", elements), g.const(0, i64))
+
+    b = g.sub()
+    names = {k: b.name(f"ptrs_{k}") for k in ("iter", "cond", "pos", "counter", "lam", "counts")}
+    lam_b = names["lam"]
+
+    def c(v: float) -> str:
+        return b.const(v, f64)
+
+    # 4a. draws 2 + 2j (U) and 3 + 2j (V): one squares32 call on both counter sets
+    draw_u = b.op(
+        "Mul",
+        b.op("Add", b.op("Cast", names["iter"], to=TensorProto.UINT64), b.const(1, np.uint64)),
+        b.const(2 * _COUNTER_STRIDE, np.uint64),
+    )
+    ctr_u = b.op("Add", names["counter"], draw_u)
+    ctr_v = b.op("Add", ctr_u, b.const(_COUNTER_STRIDE, np.uint64))
+    words = _squares32_graph(b, b.op("Concat", ctr_u, ctr_v, axis=0), key, shift)
+    words = b.op("Cast", b.op("Cast", words, to=TensorProto.UINT32), to=TensorProto.DOUBLE)
+    h_u, h_v = b.ops("Split", words, n_out=2, axis=0, num_outputs=2)
+    two_m32 = c(2.0**-32)
+    uu = b.op("Sub", b.op("Mul", b.op("Add", h_u, c(0.5)), two_m32), c(0.5))
+    vv = b.op("Mul", b.op("Add", h_v, c(0.5)), two_m32)
+    # 4b. Hörmann's constants (1/alpha and log lambda only where the full test needs them)
+    bb = b.op("Add", c(_PTRS_B0), b.op("Mul", c(_PTRS_B1), b.op("Sqrt", lam_b)))
+    aa = b.op("Add", c(_PTRS_A0), b.op("Mul", c(_PTRS_A1), bb))
+    vr = b.op("Sub", c(_PTRS_VR0), b.op("Div", c(_PTRS_VR1), b.op("Sub", bb, c(_PTRS_VR2))))
+    # 4c. proposal k = floor((2a/us + b) U + lambda + 0.43)
+    us = b.op("Sub", c(0.5), b.op("Abs", uu))
+    slope = b.op("Add", b.op("Div", b.op("Mul", c(2.0), aa), us), bb)
+    k = b.op("Floor", b.op("Add", b.op("Add", b.op("Mul", slope, uu), lam_b), c(_PTRS_SHIFT)))
+    kc = b.op("Max", k, c(0.0))
+    # 4d-4e. squeeze acceptance and quick rejection
+    squeeze = b.op("And", b.op("GreaterOrEqual", us, c(_PTRS_US_SQUEEZE)), b.op("LessOrEqual", vv, vr))
+    reject = b.op(
+        "Or", b.op("Less", k, c(0.0)), b.op("And", b.op("Less", us, c(_PTRS_US_REJECT)), b.op("Greater", vv, us))
+    )
+    # 4f. full test, on the compacted undecided proposals only (~30 %; it holds the logs):
+    #     log V + log(1/alpha) - log(a/us^2 + b) <= -lambda + k log lambda - log k!
+    full = _flat_nonzero(b, b.op("Not", b.op("Or", squeeze, reject)))
+    f_lam, f_vv, f_us, f_aa, f_bb, f_k = (_take(b, t, full) for t in (lam_b, vv, us, aa, bb, kc))
+    f_invalpha = b.op("Add", c(_PTRS_IA0), b.op("Div", c(_PTRS_IA1), b.op("Sub", f_bb, c(_PTRS_IA2))))
+    lhs = b.op(
+        "Sub",
+        b.op("Add", b.op("Log", f_vv), b.op("Log", f_invalpha)),
+        b.op("Log", b.op("Add", b.op("Div", f_aa, b.op("Mul", f_us, f_us)), f_bb)),
+    )
+    rhs = b.op(
+        "Sub", b.op("Add", b.op("Neg", f_lam), b.op("Mul", f_k, b.op("Log", f_lam))), _emit_log_factorial(b, f_k)
+    )
+    accept = b.op("ScatterElements", squeeze, full, b.op("LessOrEqual", lhs, rhs), axis=0)
+    # write every proposal (clamped to int32); a rejected one is overwritten in a later round
+    count = b.op("Cast", b.op("Min", kc, c(_INT32_MAX)), to=TensorProto.INT32)
+    counts = b.op("ScatterElements", names["counts"], names["pos"], count, axis=0)
+    keep = _flat_nonzero(b, b.op("Not", accept))  # 4g.
+    out_state = [_take(b, t, keep) for t in (names["pos"], names["counter"], lam_b)]
+    cond = b.op("Greater", b.op("Size", keep), b.const(0, i64))
+    body_graph = _make_graph(
+        b,
+        inputs=[
+            (names["iter"], TensorProto.INT64, []),
+            (names["cond"], TensorProto.BOOL, []),
+            (names["pos"], TensorProto.INT64, [None]),
+            (names["counter"], TensorProto.UINT64, [None]),
+            (lam_b, TensorProto.DOUBLE, [None]),
+            (names["counts"], TensorProto.INT32, [None]),
+        ],
+        outputs=[
+            (cond, TensorProto.BOOL, []),
+            (out_state[0], TensorProto.INT64, [None]),
+            (out_state[1], TensorProto.UINT64, [None]),
+            (out_state[2], TensorProto.DOUBLE, [None]),
+            (counts, TensorProto.INT32, [None]),
+        ],
+        name=g.name("ptrs_body"),
+    )
+    outs = g.ops(
+        "Loop", g.const(MAX_PTRS_ITERATIONS, i64), cond0, pos0, counter0, lam, counts0, n_out=4, body=body_graph
+    )
+    return outs[-1]
+
+
+def _make_graph(
+    g: _Graph,
+    inputs: list[tuple[str, int, list[int | None]]],
+    outputs: list[tuple[str, int, list[int | None]]],
+    name: str,
+) -> onnx.GraphProto:
+    """A Loop body from the nodes of ``g`` and its (name, dtype, shape) inputs and outputs."""
+    return helper.make_graph(
+        g.nodes,
+        name,
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in inputs],
+        [helper.make_tensor_value_info(n, t, s) for n, t, s in outputs],
+    )
+
+
+def _emit_sampler(g: _Graph, rates: str, seed: str, counts: str, block: int, shift: ShiftMode) -> None:
+    """Append the whole sampler (steps a-d around 1-4 of the module docstring) to ``g``."""
+    i64, f32 = np.int64, np.float32
+    flat = g.op("Reshape", rates, g.const([-1], i64))  # (n,) raw rates
+    n = g.op("Shape", flat)  # (1,)
+    key = _derive_key_graph(g, seed, shift)
+    # a-b. pre-screen on the raw rates and compaction
+    cand, lanes = _emit_prescreen(g, flat, n, key, shift)  # (M,)
+    # 1. sanitise the candidates: min(rate, MAX_RATE), negatives -> 0 (NaN never is a candidate)
+    lam_c = g.op("Max", g.op("Min", _take(g, flat, cand), g.const(MAX_RATE, f32)), g.const(0.0, f32))  # (M,)
+    is_small = g.op("Less", lam_c, g.const(SWITCH_RATE, f32))
+    small_sel = _flat_nonzero(g, is_small)
+    large_sel = _flat_nonzero(g, g.op("Not", is_small))
+    small = _take(g, cand, small_sel)  # (Ms,) element indices
+    large = _take(g, cand, large_sel)  # (Ml,)
+    # 2. uniform of the small-rate candidates: w = (A 2**24 + B + 0.5) / 2**32, u = 1 - w
+    high = g.op("Cast", g.op("Div", _take(g, lanes, small), g.const(2**24, np.uint32)), to=TensorProto.UINT64)
+    low_counter = g.op(
+        "Add", g.op("Cast", small, to=TensorProto.UINT64), g.const(_DRAW_LOW_BITS * _COUNTER_STRIDE, np.uint64)
+    )
+    low = _squares32_graph(g, low_counter, key, shift, top_bits=_LOW_BITS)
+    bits = g.op("Add", g.op("Mul", high, g.const(2**_LOW_BITS, np.uint64)), low)  # (Ms,) < 2**32
+    bits = g.op("Cast", g.op("Cast", bits, to=TensorProto.UINT32), to=TensorProto.DOUBLE)
+    w = g.op("Mul", g.op("Add", bits, g.const(0.5, np.float64)), g.const(2.0**-32, np.float64))
+    u = g.op("Sub", g.const(1.0, np.float64), w)
+    # 3-4. the two loops
+    lam_small = g.op("Cast", _take(g, lam_c, small_sel), to=TensorProto.DOUBLE)
+    counts_small = _emit_inversion_loop(g, lam_small, u, block)
+    lam_large = g.op("Cast", _take(g, lam_c, large_sel), to=TensorProto.DOUBLE)
+    counts_large = _emit_ptrs_loop(g, lam_large, large, key, shift)
+    # d. scatter into zeros and restore the shape
+    zeros = g.op("ConstantOfShape", n, value=numpy_helper.from_array(np.zeros(1, np.int32)))
+    where = g.op("Concat", small, large, axis=0)
+    values = g.op("Concat", counts_small, counts_large, axis=0)
+    dense = g.op("ScatterElements", zeros, where, values, axis=0)
+    g.nodes.append(helper.make_node("Reshape", [dense, g.op("Shape", rates)], [counts], name=g.name("Reshape")))
+
+
+@dataclass(frozen=True)
+class SamplerParts:
+    """Nodes and initializers that compute ``counts_name`` from ``rates_name`` and ``seed_name``.
+
+    Append both to a host graph whose opset is >= ``DEFAULT_OPSET`` (``append_sampler`` does that).
+    """
+
+    nodes: list[onnx.NodeProto]
+    initializers: list[TensorProto]
+
+
+def _check_options(inversion_block: int, shift: str) -> None:
+    if not 1 <= inversion_block <= MAX_INVERSION_COUNT:
+        raise ValueError(f"inversion_block must be in [1, {MAX_INVERSION_COUNT}], got {inversion_block}")
+    if shift not in ("div", "bitshift"):
+        raise ValueError(f"shift must be 'div' or 'bitshift', got {shift!r}")
+
+
+def sampler_parts(
+    rates_name: str = RATES_INPUT,
+    seed_name: str = SEED_INPUT,
+    counts_name: str = COUNTS_OUTPUT,
+    *,
+    prefix: str = "poisson_sampler/",
+    inversion_block: int = DEFAULT_INVERSION_BLOCK,
+    shift: ShiftMode = "div",
+) -> SamplerParts:
+    """The sampler as nodes + initializers; every internal name starts with ``prefix``."""
+    _check_options(inversion_block, shift)
+    g = _Graph(prefix, [0], [], {})
+    _emit_sampler(g, rates_name, seed_name, counts_name, inversion_block, shift)
+    return SamplerParts(nodes=g.nodes, initializers=g.initializers)
+
+
+def _opset_model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="pvae.export.sampler")
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    return model
+
+
+def build_sampler_model(
+    opset: int = DEFAULT_OPSET,
+    *,
+    inversion_block: int = DEFAULT_INVERSION_BLOCK,
+    shift: ShiftMode = "div",
+) -> onnx.ModelProto:
+    """A standalone model: ``rates`` float32 (N, K), ``seed`` int64 [] -> ``counts`` int32 (N, K).
+
+    Args:
+        opset: ai.onnx opset, at least ``DEFAULT_OPSET``.
+        inversion_block: sequential-search steps per inversion Loop iteration.
+        shift: ``"div"`` (default; runs on the CPU and CUDA EPs) or ``"bitshift"`` (CPU EP only, faster).
+    """
+    if opset < DEFAULT_OPSET:
+        raise ValueError(f"opset must be >= {DEFAULT_OPSET}, got {opset}")
+    parts = sampler_parts(inversion_block=inversion_block, shift=shift)
+    graph = helper.make_graph(
+        parts.nodes,
+        "poisson_sampler",
+        [
+            helper.make_tensor_value_info(RATES_INPUT, TensorProto.FLOAT, ["N", "K"]),
+            helper.make_tensor_value_info(SEED_INPUT, TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info(COUNTS_OUTPUT, TensorProto.INT32, ["N", "K"])],
+        initializer=parts.initializers,
+    )
+    model = _opset_model(graph, opset)
+    onnx.checker.check_model(model)
+    return model
+
+
+def _value_shape(model: onnx.ModelProto, name: str) -> list[int | str | None]:
+    """The (possibly symbolic) shape of value ``name`` after shape inference; ("N", "K") if unknown."""
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    for value in (*inferred.input, *inferred.output, *inferred.value_info):
+        if value.name == name and value.type.tensor_type.HasField("shape"):
+            return [
+                d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+                for d in value.type.tensor_type.shape.dim
+            ]
+    return ["N", "K"]
+
+
+def append_sampler(
+    model: onnx.ModelProto,
+    rates_name: str,
+    *,
+    seed_name: str = SEED_INPUT,
+    counts_name: str = COUNTS_OUTPUT,
+    prefix: str = "poisson_sampler/",
+    inversion_block: int = DEFAULT_INVERSION_BLOCK,
+    shift: ShiftMode = "div",
+) -> onnx.ModelProto:
+    """A copy of ``model`` that also takes ``seed_name`` and outputs ``counts_name`` = Poisson(rates).
+
+    ``rates_name`` is any float32 value of the graph (e.g. the rate path's output). The ai.onnx opset of
+    the copy is raised to ``DEFAULT_OPSET`` if it is lower (the caller checks its own ops still validate).
+    """
+    combined = onnx.ModelProto()
+    combined.CopyFrom(model)
+    graph = combined.graph
+    taken = {v.name for v in (*graph.input, *graph.output, *graph.initializer)}
+    taken |= {o for node in graph.node for o in node.output}
+    for name in (seed_name, counts_name):
+        if name in taken:
+            raise ValueError(f"{name!r} already exists in the host graph")
+    if any(name.startswith(prefix) for name in taken):
+        raise ValueError(f"the host graph already uses the prefix {prefix!r}")
+    parts = sampler_parts(
+        rates_name, seed_name, counts_name, prefix=prefix, inversion_block=inversion_block, shift=shift
+    )
+    graph.node.extend(parts.nodes)
+    graph.initializer.extend(parts.initializers)
+    graph.input.append(helper.make_tensor_value_info(seed_name, TensorProto.INT64, []))
+    graph.output.append(helper.make_tensor_value_info(counts_name, TensorProto.INT32, _value_shape(model, rates_name)))
+    for opset in combined.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version < DEFAULT_OPSET:
+            opset.version = DEFAULT_OPSET
+    combined.ir_version = max(combined.ir_version, helper.find_min_ir_version_for(list(combined.opset_import)))
+    onnx.checker.check_model(combined)
+    return combined

@@ -1,0 +1,327 @@
+"""The exported Poisson sampler: graph == numpy reference, Poisson statistics, seeding, shapes, limits."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("onnxruntime")  # the [cpu] or [gpu] extra
+pytest.importorskip("scipy")
+
+import onnxruntime as ort
+from scipy import stats
+
+from pvae.export.bench_sampler import build_rate_path_model, realistic_rates
+from pvae.export.sampler import (
+    COUNTS_OUTPUT,
+    DERIVATION_KEY_A,
+    DERIVATION_KEY_B,
+    MAX_RATE,
+    RATES_INPUT,
+    SEED_INPUT,
+    append_sampler,
+    build_sampler_model,
+    derive_key,
+    is_admissible_key,
+    loop_trip_counts,
+    poisson_reference,
+    squares32,
+)
+
+Z_TOLERANCE = 5.0  # tolerances are 5 standard errors
+MIN_P_VALUE = 1e-4  # goodness-of-fit threshold (fixed seeds: the test is deterministic)
+MIN_EXPECTED_PER_BIN = 5.0  # chi-square bins are merged until each expects >= 5 counts
+SAMPLES = 200_000  # samples per rate in the statistical tests
+
+# ops the CUDA EP implements for the types used here (onnxruntime docs/OperatorKernels.md)
+CUDA_SAFE_OPS = {
+    "Abs",
+    "Add",
+    "And",
+    "Cast",
+    "Compress",
+    "Concat",
+    "ConstantOfShape",
+    "Div",
+    "Equal",
+    "Exp",
+    "Floor",
+    "GatherElements",
+    "Gather",
+    "Greater",
+    "GreaterOrEqual",
+    "Less",
+    "LessOrEqual",
+    "Log",
+    "Loop",
+    "Max",
+    "Min",
+    "Mod",
+    "Mul",
+    "Neg",
+    "Not",
+    "Or",
+    "Range",
+    "ReduceSum",
+    "Reshape",
+    "ScatterElements",
+    "Shape",
+    "Size",
+    "Slice",
+    "Split",
+    "Sqrt",
+    "Squeeze",
+    "Sub",
+    "TopK",
+    "Unsqueeze",
+    "Where",
+}
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def sampler() -> ort.InferenceSession:
+    return _session(build_sampler_model())
+
+
+def _sample(session: ort.InferenceSession, rates: np.ndarray, seed: int) -> np.ndarray:
+    feeds = {RATES_INPUT: np.asarray(rates, dtype=np.float32), SEED_INPUT: np.array(seed, dtype=np.int64)}
+    return session.run([COUNTS_OUTPUT], feeds)[0]
+
+
+def _rate_grid() -> np.ndarray:
+    specials = [0.0, -0.0, np.nan, -1.0, -1e-3, -np.inf, np.inf, 1e-45, 1e-7, 9.999999, 10.0, 10.000001, 1e4, 1e6, 2e6]
+    grid = np.concatenate([np.geomspace(1e-7, 250.0, 600), specials]).astype(np.float32)
+    return np.tile(grid, (25, 1))  # (25, 615)
+
+
+def _all_ops(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                nodes.extend(_all_ops(attribute.g))
+    return nodes
+
+
+# ---------------------------------------------------------------------------------------------- parity
+@pytest.mark.parametrize("seed", [0, 1, -1, 2**63 - 1, -(2**63), 123456789])
+def test_graph_matches_reference_bit_for_bit(sampler: ort.InferenceSession, seed: int) -> None:
+    rates = _rate_grid()
+    counts = _sample(sampler, rates, seed)
+    assert counts.dtype == np.int32 and counts.shape == rates.shape
+    np.testing.assert_array_equal(counts, poisson_reference(rates, seed))
+
+
+def test_graph_matches_reference_on_realistic_rates(sampler: ort.InferenceSession) -> None:
+    rates = realistic_rates(1200, 512, seed=3)
+    np.testing.assert_array_equal(_sample(sampler, rates, 42), poisson_reference(rates, 42))
+
+
+@pytest.mark.parametrize(
+    "options", [{"shift": "bitshift"}, {"inversion_block": 1}, {"inversion_block": 7}, {"opset": 21}]
+)
+def test_build_options_give_the_same_counts(sampler: ort.InferenceSession, options: dict[str, object]) -> None:
+    rates = _rate_grid()
+    other = _session(build_sampler_model(**options))
+    np.testing.assert_array_equal(_sample(other, rates, 5), _sample(sampler, rates, 5))
+
+
+# ---------------------------------------------------------------------------------------- statistics
+STAT_RATES = [1e-3, 0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 9.9, 10.0, 10.1, 20.0, 50.0, 100.0, 150.0, 200.0]
+
+
+@pytest.fixture(scope="module")
+def stat_counts(sampler: ort.InferenceSession) -> np.ndarray:
+    """(len(STAT_RATES), SAMPLES) counts, one row per rate, from one run."""
+    rates = np.repeat(np.array(STAT_RATES, dtype=np.float32)[:, None], SAMPLES, axis=1)
+    return _sample(sampler, rates, 2024)
+
+
+@pytest.mark.parametrize("row", range(len(STAT_RATES)), ids=[str(r) for r in STAT_RATES])
+def test_mean_and_variance_match_the_rate(stat_counts: np.ndarray, row: int) -> None:
+    lam, counts = float(np.float32(STAT_RATES[row])), stat_counts[row].astype(np.float64)
+    n = counts.size
+    mean_se = np.sqrt(lam / n)
+    var_se = np.sqrt((lam + 2.0 * lam**2) / n)  # Var(s^2) ~ (mu4 - sigma^4)/n, mu4 = lam + 3 lam^2
+    assert abs(counts.mean() - lam) < Z_TOLERANCE * mean_se
+    assert abs(counts.var(ddof=1) - lam) < Z_TOLERANCE * var_se
+
+
+def _merged_bins(lam: float, n: int) -> list[tuple[int, int]]:
+    """Contiguous count ranges [lo, hi] (hi inclusive; the last is open) each expecting >= 5 counts."""
+    pmf_max = int(stats.poisson.ppf(1 - 1e-12, lam)) + 1
+    bins, lo, acc = [], 0, 0.0
+    for k in range(pmf_max + 1):
+        acc += n * stats.poisson.pmf(k, lam)
+        if acc >= MIN_EXPECTED_PER_BIN and n * stats.poisson.sf(k, lam) >= MIN_EXPECTED_PER_BIN:
+            bins.append((lo, k))
+            lo, acc = k + 1, 0.0
+    bins.append((lo, -1))
+    return bins
+
+
+@pytest.mark.parametrize("row", [0, 2, 4, 7, 8, 9, 11, 13, 14], ids=lambda r: str(STAT_RATES[r]))
+def test_chi_square_goodness_of_fit(stat_counts: np.ndarray, row: int) -> None:
+    lam, counts = float(np.float32(STAT_RATES[row])), stat_counts[row]
+    n = counts.size
+    observed, expected = [], []
+    for lo, hi in _merged_bins(lam, n):
+        if hi < 0:
+            observed.append(np.sum(counts >= lo))
+            expected.append(n * stats.poisson.sf(lo - 1, lam))
+        else:
+            observed.append(np.sum((counts >= lo) & (counts <= hi)))
+            expected.append(n * (stats.poisson.cdf(hi, lam) - stats.poisson.cdf(lo - 1, lam)))
+    assert len(observed) >= 2
+    expected_arr = np.array(expected) * n / np.sum(expected)  # normalise away the 1e-12 pmf truncation
+    result = stats.chisquare(np.array(observed, dtype=np.float64), expected_arr)
+    assert result.pvalue > MIN_P_VALUE, (lam, observed, expected_arr)
+
+
+def test_randomised_pit_is_uniform_across_rates(sampler: ort.InferenceSession) -> None:
+    """F(X - 1) + V p(X), V ~ U(0, 1), is U(0, 1) iff X ~ Poisson(lambda); rates log-uniform in [1e-3, 200]."""
+    rng = np.random.default_rng(17)
+    n = 300_000
+    rates = np.exp(rng.uniform(np.log(1e-3), np.log(200.0), n)).astype(np.float32)
+    counts = _sample(sampler, rates.reshape(300, -1), 31).ravel()
+    lam = rates.astype(np.float64)
+    pit = stats.poisson.cdf(counts - 1, lam) + rng.uniform(size=n) * stats.poisson.pmf(counts, lam)
+    assert stats.kstest(pit, "uniform").pvalue > MIN_P_VALUE
+
+
+def test_tiny_rates_follow_one_minus_exp(sampler: ort.InferenceSession) -> None:
+    """P(count >= 1) = 1 - exp(-lambda) for lambda = 1e-5 (binomial 5-sigma band over 2M elements)."""
+    lam, n = 1e-5, 2_000_000
+    spikes = int(np.sum(_sample(sampler, np.full((n // 1000, 1000), lam, np.float32), 99) > 0))
+    p = -np.expm1(-np.float64(np.float32(lam)))
+    assert abs(spikes - n * p) < Z_TOLERANCE * np.sqrt(n * p * (1 - p))
+
+
+# --------------------------------------------------------------------------------------------- seeds
+def test_same_seed_gives_the_same_counts(sampler: ort.InferenceSession) -> None:
+    rates = realistic_rates(64, 512, seed=1) * 20.0
+    first = _sample(sampler, rates, 77)
+    np.testing.assert_array_equal(first, _sample(sampler, rates, 77))
+    np.testing.assert_array_equal(first, _sample(_session(build_sampler_model()), rates, 77))
+
+
+@pytest.mark.parametrize(("seed_a", "seed_b"), [(0, 1), (1, 2), (5, 5 + 2**32), (7, -7), (3, 3 + 2**62)])
+@pytest.mark.parametrize("rate", [2.0, 0.05, 50.0])
+def test_different_seeds_give_independent_counts(
+    sampler: ort.InferenceSession, seed_a: int, seed_b: int, rate: float
+) -> None:
+    n = 200_000
+    rates = np.full((200, n // 200), rate, np.float32)
+    a = _sample(sampler, rates, seed_a).ravel().astype(np.float64)
+    b = _sample(sampler, rates, seed_b).ravel().astype(np.float64)
+    pmf = stats.poisson.pmf(np.arange(1000), rate)
+    p_equal = float(np.sum(pmf**2))  # P(X == Y) for independent X, Y ~ Poisson(rate)
+    assert abs(np.mean(a == b) - p_equal) < Z_TOLERANCE * np.sqrt(p_equal * (1 - p_equal) / n)
+    assert abs(np.corrcoef(a, b)[0, 1]) < Z_TOLERANCE / np.sqrt(n)
+
+
+@pytest.mark.parametrize("rate", [2.0, 0.3, 200.0])
+def test_neighbouring_elements_are_uncorrelated(sampler: ort.InferenceSession, rate: float) -> None:
+    rows, cols = 400, 500
+    counts = _sample(sampler, np.full((rows, cols), rate, np.float32), 11).ravel().astype(np.float64)
+    n = counts.size
+    words = (n + 3) // 4  # elements e, e + P, e + 2P, e + 3P share one draw-0 word (different bytes)
+    for lag in (1, 2, cols, words, 2 * words):
+        r = np.corrcoef(counts[:-lag], counts[lag:])[0, 1]
+        assert abs(r) < Z_TOLERANCE / np.sqrt(n - lag), (lag, r)
+
+
+# ------------------------------------------------------------------------------------ shapes, limits
+def test_zero_and_invalid_rates_give_zero(sampler: ort.InferenceSession) -> None:
+    assert not _sample(sampler, np.zeros((50, 512), np.float32), 3).any()
+    invalid = np.array([[np.nan, -1.0, -np.inf, -1e-30, -0.0, 0.0] * 1000], np.float32)
+    assert not _sample(sampler, invalid, 3).any()
+
+
+@pytest.mark.parametrize("patches", [0, 1, 7, 1200])
+@pytest.mark.parametrize("latents", [512, 3])
+def test_dynamic_shapes(sampler: ort.InferenceSession, patches: int, latents: int) -> None:
+    rates = np.random.default_rng(patches * 1000 + latents).exponential(3.0, (patches, latents)).astype(np.float32)
+    counts = _sample(sampler, rates, 8)
+    assert counts.shape == (patches, latents) and counts.dtype == np.int32
+    np.testing.assert_array_equal(counts, poisson_reference(rates, 8))
+
+
+def test_large_rates_are_not_capped(sampler: ort.InferenceSession) -> None:
+    counts = _sample(sampler, np.full((10, 1000), 200.0, np.float32), 4)
+    assert counts.dtype == np.int32 and counts.max() > 255
+
+
+def test_rates_above_the_limit_are_clamped(sampler: ort.InferenceSession) -> None:
+    counts = _sample(sampler, np.array([[1e4] * 2000 + [2e7] * 2000 + [np.inf] * 2000]), 6).ravel()
+    for part, lam in ((counts[:2000], 1e4), (counts[2000:4000], MAX_RATE), (counts[4000:], MAX_RATE)):
+        assert abs(part.mean() - lam) < Z_TOLERANCE * np.sqrt(lam / part.size)
+
+
+@pytest.mark.gpu
+def test_cuda_gives_the_cpu_counts(sampler: ort.InferenceSession) -> None:
+    """Same integer stream on both EPs; Exp/Log may differ by an ulp, which flips a count ~never."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here")
+    cuda = ort.InferenceSession(
+        build_sampler_model().SerializeToString(), providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    for rates in (_rate_grid(), realistic_rates(1200, 512, seed=5), np.full((1200, 512), 200.0, np.float32)):
+        np.testing.assert_array_equal(_sample(cuda, rates, 21), _sample(sampler, rates, 21))
+
+
+# --------------------------------------------------------------------------------- generator, graph
+def test_keys_are_admissible_and_distinct() -> None:
+    assert is_admissible_key(DERIVATION_KEY_A) and is_admissible_key(DERIVATION_KEY_B)
+    seeds = [*range(-500, 500), 2**63 - 1, -(2**63), 2**32, 2**62]
+    keys = [derive_key(s) for s in seeds]
+    assert all(is_admissible_key(k) for k in keys)
+    assert len(set(keys)) == len(keys)
+    assert not is_admissible_key(0x0000000100000001)
+
+
+def test_squares32_top_bits_are_a_prefix() -> None:
+    counters = np.arange(1000, dtype=np.uint64) * np.uint64(2**31 + 7)
+    full = squares32(counters, DERIVATION_KEY_A)
+    assert full.max() < 2**32 and full.dtype == np.uint64
+    np.testing.assert_array_equal(squares32(counters, DERIVATION_KEY_A, top_bits=24), full >> np.uint64(8))
+    bits = np.unpackbits(full.astype(">u4").view(np.uint8))
+    assert abs(bits.mean() - 0.5) < Z_TOLERANCE * 0.5 / np.sqrt(bits.size)
+
+
+def test_default_graph_uses_only_cuda_implemented_standard_ops() -> None:
+    nodes = _all_ops(build_sampler_model().graph)
+    assert {n.domain for n in nodes} <= {""}
+    assert {n.op_type for n in nodes} <= CUDA_SAFE_OPS
+    assert "BitShift" in {n.op_type for n in _all_ops(build_sampler_model(shift="bitshift").graph)}
+
+
+def test_append_sampler_to_the_rate_path() -> None:
+    combined = append_sampler(build_rate_path_model(latents=64), RATES_INPUT)
+    assert [i.name for i in combined.graph.input] == ["x", SEED_INPUT]
+    session = _session(combined)
+    patches = np.random.default_rng(0).standard_normal((33, 256)).astype(np.float32)
+    rates, counts = session.run([RATES_INPUT, COUNTS_OUTPUT], {"x": patches, SEED_INPUT: np.array(9, np.int64)})
+    assert counts.shape == (33, 64)
+    np.testing.assert_array_equal(counts, poisson_reference(rates, 9))
+    with pytest.raises(ValueError, match="already exists"):
+        append_sampler(combined, RATES_INPUT)
+
+
+@pytest.mark.parametrize("options", [{"opset": 17}, {"inversion_block": 0}, {"shift": "xor"}])
+def test_bad_options_are_refused(options: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        build_sampler_model(**options)
+
+
+def test_loop_trip_counts_of_the_benchmark_cases() -> None:
+    realistic = loop_trip_counts(realistic_rates(1200, 512), 0)
+    assert 1 <= realistic.inversion <= 8
+    assert loop_trip_counts(np.full((100, 512), 200.0, np.float32), 0).inversion == 0
+    assert loop_trip_counts(np.zeros((10, 10), np.float32), 0).ptrs == 0
