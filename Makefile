@@ -24,7 +24,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy pvae training serving clients
+	$(BIN)/mypy pvae training export serving clients
 
 pytest: setup
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,263 @@
+"""``pvae-bench-export``: ONNX Runtime rate path vs torch eager, and the sampler's cost, in one run.
+
+    pvae-bench-export                         # the bundled default model (exported to a temp dir)
+    pvae-bench-export runs/quick/best.pt      # any checkpoint
+    pvae-bench-export best.pt --bundle best.bundle --batches 1,64,1200,4800 --rounds 7
+
+What it measures (same process, same inputs, same thread settings; every ratio is between figures
+taken in this run):
+
+1. patches/s of the rate path at each batch size: torch eager (``VAE.encode`` under
+   ``torch.inference_mode``) vs ONNX Runtime (``rates.onnx``, CPU EP, default options). The two
+   are timed in alternating rounds and each reports its median round, so load drifting on a
+   shared machine hits both alike.
+2. the sampler (``sampler.onnx``, a new seed per call) at 1200 patches (one VGA frame) as a fraction
+   of the rate path's time at 1200: with the model's real rates (the frame graph's rates of a
+   natural 640x480 frame) and with every rate = 200 (the stress case at the model's clamp).
+3. the frame graph on one VGA frame (preprocessing, rates and reconstruction), for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pvae.bundle import load_bundle
+from pvae.cli import run_cli
+from pvae.errors import ConfigError
+from pvae.export.exporter import export_bundle
+from pvae.export.verify import natural_images, sample_patches
+from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
+from pvae.training.data import PatchConfig
+
+__all__ = ["Timing", "main", "measure_pair", "time_call"]
+
+PROG = "pvae-bench-export"
+#: The issue's batch sizes: one patch, a small batch, one VGA frame (40 x 30 patches), four frames.
+DEFAULT_BATCHES = (1, 64, 1200, 4800)
+#: Patches in one 640x480 frame, the size the sampler is compared at.
+VGA_PATCHES = 1200
+VGA_SHAPE = (480, 640)
+#: The model's rate ceiling (e^5.3 ~ 200): the sampler's stress case.
+STRESS_RATE = 200.0
+#: Rounds per measurement (medians are reported) and the minimum time of one round.
+DEFAULT_ROUNDS = 5
+DEFAULT_ROUND_SECONDS = 0.2
+#: Calls before timing starts (first-run allocations, lazy init).
+WARMUP_CALLS = 3
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median seconds per call over rounds, and the number of calls timed."""
+
+    seconds: float
+    calls: int
+
+
+def _round(fn: Callable[[], object], round_seconds: float) -> tuple[float, int]:
+    """One round: call fn until round_seconds have passed; (seconds per call, calls)."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= round_seconds:
+            return elapsed / calls, calls
+
+
+def time_call(
+    fn: Callable[[], object], rounds: int = DEFAULT_ROUNDS, round_seconds: float = DEFAULT_ROUND_SECONDS
+) -> Timing:
+    """Median per-call time of ``fn`` over ``rounds`` rounds (after a warm-up)."""
+    return measure_pair({"only": fn}, rounds, round_seconds)["only"]
+
+
+def measure_pair(
+    fns: dict[str, Callable[[], object]], rounds: int = DEFAULT_ROUNDS, round_seconds: float = DEFAULT_ROUND_SECONDS
+) -> dict[str, Timing]:
+    """Time several functions in alternating rounds; the median round of each."""
+    for fn in fns.values():
+        for _ in range(WARMUP_CALLS):
+            fn()
+    per_call: dict[str, list[float]] = {name: [] for name in fns}
+    total: dict[str, int] = dict.fromkeys(fns, 0)
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            seconds, calls = _round(fn, round_seconds)
+            per_call[name].append(seconds)
+            total[name] += calls
+    return {name: Timing(statistics.median(values), total[name]) for name, values in per_call.items()}
+
+
+def _parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        batches = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        raise ConfigError(f"--batches: expected comma-separated integers, got {text!r}") from None
+    if not batches or min(batches) < 1:
+        raise ConfigError(f"--batches: sizes must be >= 1, got {text!r}")
+    return batches
+
+
+def _vga_frame() -> np.ndarray:
+    import cv2
+
+    image = natural_images()[0]  # skimage camera, 512 x 512
+    return cv2.resize(image, (VGA_SHAPE[1], VGA_SHAPE[0]), interpolation=cv2.INTER_AREA)[None]  # (1, 480, 640)
+
+
+def _session(path: Path, threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "checkpoint", nargs="?", type=Path, default=None, help="checkpoint (default: the bundled default model)"
+    )
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        default=None,
+        help="an exported bundle of that checkpoint (default: export one to a temp dir)",
+    )
+    parser.add_argument(
+        "--batches", default=",".join(map(str, DEFAULT_BATCHES)), help="rate-path batch sizes (default: %(default)s)"
+    )
+    parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="timed rounds per figure")
+    parser.add_argument("--round-seconds", type=float, default=DEFAULT_ROUND_SECONDS, help="seconds per round")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="intra-op threads for both torch and ONNX Runtime (default: each library's own)",
+    )
+    args = parser.parse_args(argv)
+    batches = _parse_batches(args.batches)
+    if args.rounds < 1 or args.round_seconds <= 0:
+        raise ConfigError("--rounds must be >= 1 and --round-seconds > 0")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {args.threads}")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+
+    def say(line: str) -> None:
+        print(f"{PROG}: {line}", flush=True)
+
+    ckpt_path = args.checkpoint if args.checkpoint is not None else default_model_path()
+    ckpt = load_checkpoint(ckpt_path)
+    model = build_model(ckpt)
+    raw_cfg = ckpt.data.get("preprocessing")
+    cfg = PatchConfig.from_dict(raw_cfg) if raw_cfg else None
+    with tempfile.TemporaryDirectory(prefix="pvae-bench-") as scratch:
+        if args.bundle is None:
+            say(f"exporting {ckpt_path} (ONNX only, no verification) ...")
+            bundle_dir = export_bundle(ckpt_path, Path(scratch) / "bundle", formats="onnx", verify=False)
+        else:
+            bundle_dir = args.bundle
+        bundle = load_bundle(bundle_dir)
+        rates_session = _session(bundle.graph_path("rates"), args.threads)
+        sampler_session = _session(bundle.graph_path("sampler"), args.threads)
+        frame_session = _session(bundle.graph_path("frame"), args.threads)
+
+    shape = tuple(ckpt.model_config.input_shape)
+    say(f"sampling {max(batches)} natural patches ...")
+    pool = sample_patches(cfg, shape, n=max(batches))
+    threads = torch.get_num_threads()
+    ort_threads = args.threads if args.threads is not None else "default"
+    say(
+        f"torch {torch.__version__} ({threads} threads) vs onnxruntime (CPU EP, {ort_threads} threads), "
+        f"K={ckpt.model_config.n_latents}"
+    )
+
+    rows = []
+    for batch in batches:
+        x_np = np.ascontiguousarray(pool[:batch])
+        x_t = torch.as_tensor(x_np)
+        say(f"rate path, batch {batch} ...")
+
+        def torch_call(x_t: torch.Tensor = x_t) -> object:
+            with torch.inference_mode():
+                return model.encode(x_t)
+
+        def ort_call(x_np: np.ndarray = x_np) -> object:
+            return rates_session.run(None, {"patches": x_np})
+
+        timing = measure_pair({"torch": torch_call, "onnx": ort_call}, args.rounds, args.round_seconds)
+        rows.append((batch, timing["torch"], timing["onnx"]))
+
+    say("frame graph and sampler on a 640x480 frame ...")
+    frame = _vga_frame()
+    real_rates = frame_session.run(["rates"], {"frames": frame})[0][0]
+    stress_rates = np.full_like(real_rates, STRESS_RATE)
+    vga_patches = np.ascontiguousarray(np.resize(pool, (VGA_PATCHES, pool.shape[1])))
+    seeds = iter(range(1, 1 << 62))
+
+    def sample(rates: np.ndarray) -> Callable[[], object]:
+        return lambda: sampler_session.run(None, {"rates": rates, "seed": np.asarray(next(seeds), np.int64)})
+
+    timings = measure_pair(
+        {
+            "rates": lambda: rates_session.run(None, {"patches": vga_patches}),
+            "sampler_real": sample(real_rates),
+            "sampler_stress": sample(stress_rates),
+            "frame": lambda: frame_session.run(None, {"frames": frame}),
+        },
+        args.rounds,
+        args.round_seconds,
+    )
+    spikes = sampler_session.run(None, {"rates": real_rates, "seed": np.asarray(1, np.int64)})[0]
+
+    print()
+    print(f"rate path, patches/s (median of {args.rounds} alternating rounds of {args.round_seconds:g} s)")
+    print(f"{'batch':>6}  {'torch eager':>12}  {'onnxruntime':>12}  {'ort/torch':>9}")
+    for batch, t_torch, t_onnx in rows:
+        print(
+            f"{batch:>6}  {batch / t_torch.seconds:>12,.0f}  {batch / t_onnx.seconds:>12,.0f}  "
+            f"{t_torch.seconds / t_onnx.seconds:>8.2f}x"
+        )
+    rate_time = timings["rates"].seconds
+    print()
+    print(f"sampler at {VGA_PATCHES} patches x K={real_rates.shape[1]} (rate path: {rate_time * 1e3:.2f} ms)")
+    print(f"{'rates':>28}  {'ms':>8}  {'fraction of rate path':>21}")
+    print(
+        f"{'real (VGA frame), mean ' + format(float(real_rates.mean()), '.3g'):>28}  "
+        f"{timings['sampler_real'].seconds * 1e3:>8.2f}  {timings['sampler_real'].seconds / rate_time:>20.2f}x"
+    )
+    print(
+        f"{'stress, every rate = 200':>28}  {timings['sampler_stress'].seconds * 1e3:>8.2f}  "
+        f"{timings['sampler_stress'].seconds / rate_time:>20.2f}x"
+    )
+    print(
+        f"real rates: {int(spikes.sum()):,} spikes in {spikes.size:,} latents "
+        f"({float((spikes > 0).mean()):.2%} non-zero)"
+    )
+    print(
+        f"frame graph, one 640x480 frame (preprocess + rates + reconstruction): {timings['frame'].seconds * 1e3:.2f} ms"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point (``pvae-bench-export``)."""
+    return run_cli(PROG, _main, argv if argv is not None else sys.argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

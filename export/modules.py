@@ -1,0 +1,362 @@
+"""The torch modules that become the bundle's graphs (ONNX and TorchScript alike).
+
+Each module is one deterministic path of a trained VAE, written so that the dynamo ONNX exporter
+and ``torch.jit.script`` both accept it (no dataclasses in ``forward``, ints as attributes)::
+
+    FramePreprocess  frames uint8 (B, H, W)       -> preprocessed float32 (B, H, W)
+    RatePath         patches float32 (N, D)       -> log_rates, rates float32 (N, K)
+    DecoderPath      latents float32 (N, K)       -> patches float32 (N, D)
+    FramePath        frames uint8 (B, H, W)       -> preprocessed, log_rates, rates, reconstruction,
+                                                     preprocessed_u8, reconstruction_u8
+
+The rate formula is the model's own (``soft_clamp`` and ``RATE_FLOOR`` are imported from
+``pvae.training.model``); the preprocessing is ``pvae.training.data.preprocess_image`` rebuilt from
+reflect padding, 2-D correlations and per-frame means, in float32. The parity tests compare each
+module with ``VAE.encode``/``VAE.decode`` and ``preprocess_image``, so a change there that is not
+mirrored here fails loudly.
+
+    >>> paths = build_paths(build_model(load_checkpoint("best.pt")), preprocessing)
+    >>> log_rates, rates = paths.rates(torch.randn(8, 256))          # (8, K) each
+"""
+
+# No `from __future__ import annotations` here: TorchScript resolves the class-level attribute
+# annotations (`enabled: bool`, ...) at runtime and rejects them as strings.
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pvae.errors import CheckpointError
+from pvae.training.data import (
+    LCN_EPSILON,
+    UINT8_MAX,
+    ZSCORE_EPSILON,
+    PatchConfig,
+    gaussian_kernel,
+    whitening_kernel,
+)
+from pvae.training.model import RATE_FLOOR, VAE, PoissonLatent, soft_clamp
+
+__all__ = [
+    "DISPLAY_OFFSET",
+    "DISPLAY_SCALE",
+    "SUPPORTED_DECODERS",
+    "SUPPORTED_ENCODERS",
+    "DecoderPath",
+    "ExportPaths",
+    "FramePath",
+    "FramePolicy",
+    "FramePreprocess",
+    "RatePath",
+    "build_paths",
+    "frame_policy",
+    "to_display_u8",
+]
+
+#: uint8 display mapping of model-space images (z-scored, so mostly within +-4):
+#: u8 = clip(round(DISPLAY_OFFSET + DISPLAY_SCALE * x), 0, 255). Stored in the manifest "display".
+DISPLAY_OFFSET = 128.0
+DISPLAY_SCALE = 32.0
+#: Encoder and decoder kinds (ModelConfig.arch) that export; every kind the model offers today.
+SUPPORTED_ENCODERS = ("lin", "conv", "conv+b")
+SUPPORTED_DECODERS = ("lin", "conv")
+
+
+def to_display_u8(x: Tensor, offset: float = DISPLAY_OFFSET, scale: float = DISPLAY_SCALE) -> Tensor:
+    """The fixed display mapping clip(round(128 + 32 x), 0, 255) as uint8 (round half to even,
+    as torch.round and ONNX Round both do). Constants are arguments: TorchScript cannot read
+    module-level floats."""
+    return torch.clamp(torch.round(x * scale + offset), 0.0, 255.0).to(torch.uint8)
+
+
+# ----------------------------------------------------------------------------- frame policy
+
+
+@dataclass(frozen=True)
+class FramePolicy:
+    """How a frame of any size becomes a grid of patches and back (stored as manifest "frame_policy").
+
+    Frames whose sides are not multiples of the patch size are reflect-padded (reflect-101, ONNX Pad
+    mode="reflect") at the bottom and right up to the next multiple, encoded, decoded, untiled and
+    cropped back to H x W: R = ceil(H / patch_height) rows and C = ceil(W / patch_width) columns of
+    patches in row-major order (patch index = r * C + c). A 640x480 VGA frame gives 40 x 30 = 1200.
+    """
+
+    patch_shape: tuple[int, int]
+    """(height, width) of one patch: the model's input shape."""
+    min_side: int
+    """Smallest frame side: one whole patch, and larger than every reflect pad (kernel half-widths
+    and the grid pad), which reflect padding requires."""
+    preprocessing: bool
+    """Whether the frame graph applies the training preprocessing (whitening, LCN, z-score)."""
+
+    def grid(self, height: int, width: int) -> tuple[int, int]:
+        """(R, C): patch rows and columns of an H x W frame."""
+        return math.ceil(height / self.patch_shape[0]), math.ceil(width / self.patch_shape[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pad_mode": "reflect",
+            "pad_sides": "bottom,right",
+            "patch_shape": list(self.patch_shape),
+            "patch_grid": "R = ceil(H / patch_height), C = ceil(W / patch_width); row-major, index r*C + c",
+            "crop": "reconstructions are untiled and cropped back to H x W",
+            "min_side": self.min_side,
+            "preprocessing": self.preprocessing,
+        }
+
+
+def frame_policy(patch_shape: tuple[int, int], preprocessing: PatchConfig | None) -> FramePolicy:
+    """The frame policy of a model with this patch shape and preprocessing."""
+    # A reflect pad of p needs a side > p. The grid pad is at most patch side - 1, so a side of at
+    # least one patch satisfies it; the whitening and LCN kernels pad by their half-widths.
+    min_side = max(patch_shape)
+    if preprocessing is not None:
+        min_side = max(min_side, preprocessing.whiten_size // 2 + 1, preprocessing.lcn_size // 2 + 1)
+    return FramePolicy(tuple(patch_shape), min_side, preprocessing is not None)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- modules
+
+
+def _as_kernel(kernel: np.ndarray) -> Tensor:
+    """A 2-D numpy kernel as a float32 (1, 1, k, k) conv weight."""
+    return torch.as_tensor(np.asarray(kernel, dtype=np.float32))[None, None].clone()
+
+
+class FramePreprocess(nn.Module):
+    """frames uint8 (B, H, W) -> model-space frames float32 (B, H, W), as ``preprocess_image``.
+
+    frames / 255 -> whitening correlation -> local contrast normalisation -> per-frame z-score, all
+    with reflect-101 borders (F.pad mode="reflect" exports as ONNX Pad mode="reflect"). With
+    ``config=None`` (models trained on images in [0, 1]) it only scales to [0, 1].
+
+        >>> pre = FramePreprocess(PatchConfig())
+        >>> pre(torch.zeros(2, 48, 64, dtype=torch.uint8)).shape    # (2, 48, 64)
+    """
+
+    whiten_kernel: Tensor
+    lcn_window: Tensor
+    enabled: bool
+    pixel_scale: float
+    whiten_pad: int
+    lcn_pad: int
+    lcn_epsilon: float
+    zscore_epsilon: float
+
+    def __init__(self, config: PatchConfig | None) -> None:
+        super().__init__()
+        self.enabled = config is not None
+        self.pixel_scale = UINT8_MAX
+        whiten = whitening_kernel(config.whiten_f0, config.whiten_size) if config else np.zeros((1, 1))
+        window = gaussian_kernel(config.lcn_size, config.lcn_sigma) if config else np.ones((1, 1))
+        self.register_buffer("whiten_kernel", _as_kernel(whiten))  # (1, 1, kw, kw)
+        self.register_buffer("lcn_window", _as_kernel(window))  # (1, 1, kl, kl)
+        self.whiten_pad = whiten.shape[0] // 2
+        self.lcn_pad = window.shape[0] // 2
+        self.lcn_epsilon = LCN_EPSILON
+        self.zscore_epsilon = ZSCORE_EPSILON
+
+    def _correlate(self, x: Tensor, kernel: Tensor, pad: int) -> Tensor:
+        # F.conv2d correlates (no flip), exactly like data.filter2d / cv2.filter2D.
+        return F.conv2d(F.pad(x, [pad, pad, pad, pad], mode="reflect"), kernel)
+
+    def forward(self, frames: Tensor) -> Tensor:
+        x = frames.to(torch.float32).unsqueeze(1) / self.pixel_scale  # (B, 1, H, W) in [0, 1]
+        if not self.enabled:
+            return x[:, 0]
+        # 1. whitening
+        x = self._correlate(x, self.whiten_kernel, self.whiten_pad)  # (B, 1, H, W)
+        # 2. local contrast normalisation: centre by the local mean, divide by max(local std, its mean)
+        centred = x - self._correlate(x, self.lcn_window, self.lcn_pad)
+        local_var = self._correlate(centred * centred, self.lcn_window, self.lcn_pad)
+        local_std = torch.sqrt(torch.clamp(local_var, min=0.0))  # clamp absorbs filtering round-off
+        floor = local_std.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1) per-frame mean of s
+        x = centred / (torch.maximum(local_std, floor) + self.lcn_epsilon)
+        # 3. per-frame z-score (std with ddof=0)
+        x = x - x.mean(dim=(2, 3), keepdim=True)
+        x = x / (torch.sqrt((x * x).mean(dim=(2, 3), keepdim=True)) + self.zscore_epsilon)
+        return x[:, 0]  # (B, H, W)
+
+
+class RatePath(nn.Module):
+    """The deterministic rate path x -> (log lambda, lambda) of a P-VAE (pvae-model.md).
+
+    patches float32 (N, D) -> log_rates (N, K), rates (N, K):
+    log dr = sc_c1(enc(x)); log lambda = sc_c2(log r + log dr); lambda = exp(log lambda) + floor.
+
+        >>> log_rates, rates = RatePath.from_model(model)(torch.randn(8, 256))
+    """
+
+    prior_log_rate: Tensor
+    input_dim: int
+    log_modulation_clamp: float
+    log_rate_clamp: float
+    rate_floor: float
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        prior_log_rate: Tensor,
+        input_dim: int,
+        log_modulation_clamp: float,
+        log_rate_clamp: float,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.register_buffer("prior_log_rate", prior_log_rate.detach().float().clone())  # (K,) log r
+        self.input_dim = input_dim
+        self.log_modulation_clamp = float(log_modulation_clamp)
+        self.log_rate_clamp = float(log_rate_clamp)
+        self.rate_floor = RATE_FLOOR
+
+    @classmethod
+    def from_model(cls, model: VAE, encoder: nn.Module | None = None) -> "RatePath":
+        """The rate path of ``model``; ``encoder`` overrides the encoder (e.g. a traced copy)."""
+        latent = model.latent
+        if not isinstance(latent, PoissonLatent):
+            raise CheckpointError(
+                f"only Poisson latents export (rate path + sampler); this model's latent family is {model.cfg.latent!r}"
+            )
+        return cls(
+            model.encoder if encoder is None else encoder,
+            latent.log_rate,
+            model.cfg.input_dim,
+            latent.log_modulation_clamp,
+            latent.log_rate_clamp,
+        )
+
+    def forward(self, patches: Tensor) -> tuple[Tensor, Tensor]:
+        x = patches.reshape(patches.shape[0], self.input_dim)  # (N, D)
+        log_modulation = soft_clamp(self.encoder(x).float(), self.log_modulation_clamp)  # (N, K) log dr
+        log_rates = soft_clamp(self.prior_log_rate + log_modulation, self.log_rate_clamp)  # (N, K)
+        rates = torch.exp(log_rates) + self.rate_floor  # (N, K)
+        return log_rates, rates
+
+
+class DecoderPath(nn.Module):
+    """latents float32 (N, K) (counts or rates) -> patches float32 (N, D).
+
+    >>> patches = DecoderPath(model.decoder)(rates)                 # (N, 256)
+    """
+
+    input_dim: int
+
+    def __init__(self, decoder: nn.Module, input_dim: int) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.input_dim = input_dim
+
+    def forward(self, latents: Tensor) -> Tensor:
+        return self.decoder(latents).reshape(latents.shape[0], self.input_dim)  # (N, D)
+
+
+class FramePath(nn.Module):
+    """Frames in, everything the server returns out; preprocessing, tiling and untiling included.
+
+    frames uint8 (B, H, W) ->
+      preprocessed float32 (B, H, W)           the model-space frame
+      log_rates, rates float32 (B, R*C, K)     per patch, row-major (see FramePolicy)
+      reconstruction float32 (B, H, W)         the decoded rates (mean reconstruction), cropped
+      preprocessed_u8, reconstruction_u8 uint8 (B, H, W)  display mapping (to_display_u8)
+
+        >>> outputs = FramePath(FramePreprocess(cfg), rate_path, decoder_path, (16, 16))(frames)
+    """
+
+    patch_height: int
+    patch_width: int
+    display_offset: float
+    display_scale: float
+
+    def __init__(
+        self, preprocess: FramePreprocess, rate_path: RatePath, decoder_path: DecoderPath, patch_shape: tuple[int, int]
+    ) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.rate_path = rate_path
+        self.decoder_path = decoder_path
+        self.patch_height = int(patch_shape[0])
+        self.patch_width = int(patch_shape[1])
+        self.display_offset = DISPLAY_OFFSET
+        self.display_scale = DISPLAY_SCALE
+
+    def forward(self, frames: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        ph, pw = self.patch_height, self.patch_width
+        batch, height, width = frames.shape[0], frames.shape[1], frames.shape[2]
+        preprocessed = self.preprocess(frames)  # (B, H, W)
+        # Reflect-pad bottom/right up to whole patches (FramePolicy); pads are < one patch.
+        pad_bottom = (ph - height % ph) % ph
+        pad_right = (pw - width % pw) % pw
+        padded = F.pad(preprocessed.unsqueeze(1), [0, pad_right, 0, pad_bottom], mode="reflect")
+        rows = (height + pad_bottom) // ph
+        cols = (width + pad_right) // pw
+        # Tile: (B, 1, R*ph, C*pw) -> (B, R, ph, C, pw) -> (B, R, C, ph, pw) -> (B*R*C, ph*pw).
+        patches = padded.reshape(batch, rows, ph, cols, pw).permute(0, 1, 3, 2, 4)
+        patches = patches.reshape(batch * rows * cols, ph * pw)
+        log_rates, rates = self.rate_path(patches)  # (B*R*C, K) each
+        decoded = self.decoder_path(rates)  # (B*R*C, ph*pw): the mean reconstruction
+        # Untile: the inverse permutation, then crop the pad away.
+        canvas = decoded.reshape(batch, rows, cols, ph, pw).permute(0, 1, 3, 2, 4)
+        reconstruction = canvas.reshape(batch, rows * ph, cols * pw)[:, :height, :width]
+        n_latents = log_rates.shape[1]
+        return (
+            preprocessed,
+            log_rates.reshape(batch, rows * cols, n_latents),
+            rates.reshape(batch, rows * cols, n_latents),
+            reconstruction,
+            to_display_u8(preprocessed, self.display_offset, self.display_scale),
+            to_display_u8(reconstruction, self.display_offset, self.display_scale),
+        )
+
+
+# ----------------------------------------------------------------------------- assembly
+
+
+@dataclass
+class ExportPaths:
+    """The three deterministic paths of one model, in eval mode, sharing the model's weights."""
+
+    rates: RatePath
+    decoder: DecoderPath
+    frame: FramePath
+    policy: FramePolicy
+
+
+def check_exportable(model: VAE) -> None:
+    """Raise CheckpointError unless the model's family and architecture can be exported."""
+    cfg = model.cfg
+    if cfg.latent != "poisson" or not isinstance(model.latent, PoissonLatent):
+        raise CheckpointError(
+            f"cannot export latent family {cfg.latent!r}: only 'poisson' (the P-VAE) has "
+            "a rate path and an exact sampler"
+        )
+    if cfg.encoder not in SUPPORTED_ENCODERS or cfg.decoder not in SUPPORTED_DECODERS:
+        raise CheckpointError(
+            f"cannot export architecture {cfg.arch!r}: supported encoders "
+            f"{', '.join(SUPPORTED_ENCODERS)}, decoders {', '.join(SUPPORTED_DECODERS)}"
+        )
+
+
+def build_paths(
+    model: VAE, preprocessing: PatchConfig | None, encoder: nn.Module | None = None, decoder: nn.Module | None = None
+) -> ExportPaths:
+    """Wrap a VAE (eval mode) into its exportable paths. ``encoder``/``decoder`` replace the model's
+    own (TorchScript passes traced copies here, since the conv nets are traceable, not scriptable)."""
+    check_exportable(model)
+    patch_shape = (int(model.cfg.input_shape[0]), int(model.cfg.input_shape[1]))
+    if preprocessing is not None and (preprocessing.patch_size, preprocessing.patch_size) != patch_shape:
+        raise CheckpointError(
+            f"preprocessing patch_size {preprocessing.patch_size} does not match the model's input shape {patch_shape}"
+        )
+    rate_path = RatePath.from_model(model, encoder)
+    decoder_path = DecoderPath(model.decoder if decoder is None else decoder, model.cfg.input_dim)
+    frame = FramePath(FramePreprocess(preprocessing), rate_path, decoder_path, patch_shape)
+    paths = ExportPaths(rate_path, decoder_path, frame, frame_policy(patch_shape, preprocessing))
+    for module in (paths.rates, paths.decoder, paths.frame):
+        module.eval()
+    return paths
