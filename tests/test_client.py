@@ -1,0 +1,424 @@
+"""pvae.clients against a real in-process server serving the tiny model's exported bundle.
+
+The contract checks: streamed results are the service's outputs (rates equal the bundle's frame
+graph, counts are the exact Poisson draws of the bundle's sampler for seed + sequence); the CLI's
+--out video has one frame per frame sent; --save round-trips; drop_oldest drops under a slow
+consumer; UNAVAILABLE at start-up is waited out; and the --view page, opened in headless Chromium,
+shows a picture that changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from pvae.bundle import Bundle, load_bundle
+from pvae.clients import (
+    AsyncClient,
+    Client,
+    CodeRecorder,
+    EncodeOptions,
+    FrameResult,
+    RetryPolicy,
+    ServerUnavailable,
+    SyntheticCamera,
+    cli,
+    load_codes,
+    to_gray,
+)
+from pvae.clients.errors import FrameError
+from pvae.clients.render import LABEL_BAR_HEIGHT
+from pvae.errors import ConfigError
+from pvae.serving.config import ServeConfig
+from pvae.serving.inprocess import InProcessServer
+
+ort = pytest.importorskip("onnxruntime")
+from pvae.export.sampler import poisson_reference  # noqa: E402 - after the onnxruntime check
+
+#: Small frames keep the tests quick on two CPU cores: 48 x 64 is 3 x 4 patches.
+HEIGHT, WIDTH = 48, 64
+SEED = 1234
+ALL_OUTPUTS = ("rates", "log_rates", "counts", "reconstruction", "preprocessed", "stats")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: Headless Chromium flags that keep it off the network and quiet (CI runs it the same way).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """The tiny model as an ONNX bundle (verification is test_export's job, skipped here for time)."""
+    from pvae.export.exporter import export_bundle
+
+    out = tmp_path_factory.mktemp("client-bundle") / "tiny.bundle"
+    return load_bundle(export_bundle(tiny_checkpoint, out, formats=("onnx",), verify=False))
+
+
+@pytest.fixture(scope="module")
+def server(bundle: Bundle) -> Iterator[InProcessServer]:
+    config = ServeConfig(port=0, metrics_port=None, max_window=8, default_window=4)
+    with InProcessServer(config, bundle=bundle) as running:
+        yield running
+
+
+@pytest.fixture()
+def client(server: InProcessServer) -> Iterator[Client]:
+    with Client(server.address, retry=RetryPolicy(timeout_s=10.0)) as connected:
+        yield connected
+
+
+def _frames(count: int, start: int = 0) -> list[np.ndarray]:
+    camera = SyntheticCamera(HEIGHT, WIDTH)
+    return [camera.frame(start + 7 * i) for i in range(count)]
+
+
+class _Graphs:
+    """The bundle's own ONNX graphs, run directly: the reference the service must match."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.frame = ort.InferenceSession(str(bundle.graph_path("frame")), providers=["CPUExecutionProvider"])
+        self.names = [output.name for output in self.frame.get_outputs()]
+
+    def __call__(self, frame: np.ndarray) -> dict[str, np.ndarray]:
+        outputs = self.frame.run(None, {"frames": to_gray(frame)[None]})
+        return {name: value[0] for name, value in zip(self.names, outputs, strict=True)}
+
+
+def _check_against_graphs(result: FrameResult, frame: np.ndarray, graphs: _Graphs, seed: int) -> None:
+    reference = graphs(frame)
+    assert result.ok and result.rates is not None and result.counts is not None
+    rows, cols, k = result.rates.shape
+    assert (rows, cols) == (-(-HEIGHT // 16), -(-WIDTH // 16)) and result.seed == seed
+    np.testing.assert_allclose(result.rates.reshape(-1, k), reference["rates"], rtol=1e-5, atol=1e-7)
+    assert result.log_rates is not None
+    np.testing.assert_allclose(result.log_rates.reshape(-1, k), reference["log_rates"], rtol=1e-5, atol=1e-5)
+    # Counts are the bundle sampler's exact draws from the returned (fp32, exact) rates with this seed.
+    expected_counts = poisson_reference(result.rates.reshape(-1, k), seed).reshape(rows, cols, k)
+    np.testing.assert_array_equal(result.counts, expected_counts)
+    assert result.reconstruction is not None and result.preprocessed is not None
+    assert np.abs(result.reconstruction.astype(int) - reference["reconstruction_u8"]).max() <= 1
+    assert np.abs(result.preprocessed.astype(int) - reference["preprocessed_u8"]).max() <= 1
+    assert result.stats is not None
+    assert result.stats.total_spikes == int(result.counts.sum())
+    assert result.stats.active_fraction == pytest.approx(float((result.counts > 0).mean()), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- library
+
+
+def test_a_dns_name_is_dialled_with_round_robin(server: InProcessServer) -> None:
+    with Client(f"dns:///localhost:{server.port}") as client:  # localhost may also resolve to ::1: skipped
+        results = list(client.stream(_frames(3), options=EncodeOptions(outputs=("counts",))))
+    assert [r.sequence for r in results] == [0, 1, 2]
+
+
+def test_info_describes_the_served_bundle(client: Client, bundle: Bundle) -> None:
+    info = client.info()
+    assert info.model.n_latents == bundle.n_latents and info.model.patch_size == bundle.patch_size
+    assert info.model.manifest["n_latents"] == bundle.n_latents
+    assert info.limits.default_window == 4 and info.limits.max_window == 8
+    assert info.execution_provider == "CPUExecutionProvider"
+
+
+def test_stream_results_are_the_services_outputs(client: Client, bundle: Bundle) -> None:
+    frames = _frames(6)
+    options = EncodeOptions(outputs=ALL_OUTPUTS, seed=SEED, float_format="fp32")
+    stream = client.stream(frames, window=3, options=options, start_sequence=100, keep_inputs=True)
+    results = list(stream)
+    assert [r.sequence for r in results] == list(range(100, 106))
+    graphs = _Graphs(bundle)
+    for result, frame in zip(results, frames, strict=True):
+        assert result.input is frame and result.latency_seconds is not None and result.latency_seconds > 0
+        _check_against_graphs(result, frame, graphs, SEED + result.sequence)
+    # Unary Encode with the frame's seed reproduces the stream's draw.
+    again = client.encode(frames[2], EncodeOptions(outputs=("rates", "counts"), seed=SEED + 102,
+                                                   float_format="fp32"))
+    assert again.seed == SEED + 102
+    _check_counts_equal_draw(again)
+    snapshot = stream.stats.snapshot()
+    assert (snapshot.frames_sent, snapshot.frames_answered, snapshot.frames_dropped) == (6, 6, 0)
+    assert snapshot.bytes_sent > 6 * HEIGHT * WIDTH and snapshot.bytes_received > 0
+
+
+def _check_counts_equal_draw(result: FrameResult) -> None:
+    assert result.rates is not None and result.counts is not None and result.seed is not None
+    k = result.n_latents
+    np.testing.assert_array_equal(result.counts.reshape(-1, k),
+                                  poisson_reference(result.rates.reshape(-1, k), result.seed))
+
+
+def test_formats_agree(client: Client) -> None:
+    frame = _frames(1)[0]
+    exact = client.encode(frame, EncodeOptions(outputs=("rates", "counts", "reconstruction"), seed=7,
+                                               float_format="fp32"))
+    compact = client.encode(frame, EncodeOptions(outputs=("rates", "counts", "reconstruction"), seed=7,
+                                                 count_format="dense_u8", image_encoding="png"))
+    assert exact.rates is not None and compact.rates is not None
+    np.testing.assert_allclose(compact.rates, exact.rates, rtol=2.0**-11, atol=6e-8)  # fp16 on the wire
+    np.testing.assert_array_equal(compact.counts, exact.counts)  # no count reaches 255 here
+    np.testing.assert_array_equal(compact.reconstruction, exact.reconstruction)  # PNG is lossless
+    assert compact.counts_saturated == 0
+    encoded = client.encode(cv2.imencode(".png", to_gray(frame))[1].tobytes(), EncodeOptions(seed=7))
+    assert encoded.counts is not None and encoded.counts.shape == exact.rates.shape
+
+
+def test_a_bad_frame_fails_in_band_and_the_stream_goes_on(client: Client) -> None:
+    frames = [*_frames(2), np.zeros((4, 4), np.uint8), *_frames(2, start=50)]  # 4 x 4 is below min_frame_side
+    results = list(client.stream(frames, window=2, options=EncodeOptions(seed=1)))
+    assert [r.sequence for r in results] == [0, 1, 2, 3, 4]
+    assert [r.ok for r in results] == [True, True, False, True, True]
+    error = results[2].error
+    assert isinstance(error, FrameError) and error.code.name == "INVALID_ARGUMENT" and error.sequence == 2
+
+
+def test_a_window_above_the_servers_limit_is_refused_before_streaming(client: Client) -> None:
+    with pytest.raises(ConfigError, match="max_window=8"):
+        client.stream(_frames(1), window=9)
+
+
+def test_drop_oldest_drops_frames_under_a_slow_consumer(client: Client) -> None:
+    sent = 40
+    stream = client.stream(_frames(sent), window=1, policy="drop_oldest",
+                           options=EncodeOptions(outputs=("counts", "reconstruction"), seed=3))
+    answered: list[int] = []
+    dropped: list[int] = []
+    reported = 0
+    for result in stream:
+        time.sleep(0.03)  # a consumer slower than the source
+        reported += result.dropped_count
+        dropped.extend(result.dropped_sequences)
+        if result.ok:
+            answered.append(result.sequence)
+    assert reported > 0, "drop_oldest never dropped a frame under a slow consumer"
+    assert len(answered) + reported == sent  # every frame is answered or reported dropped
+    assert answered == sorted(answered) and not set(answered) & set(dropped)
+    assert stream.stats.snapshot().frames_dropped == reported
+    # The same consumer under `block` loses nothing.
+    blocked = list(client.stream(_frames(10), window=1, policy="block", options=EncodeOptions(outputs=("counts",))))
+    assert [r.sequence for r in blocked] == list(range(10)) and all(r.dropped_count == 0 for r in blocked)
+
+
+def test_async_client_streams_in_order(server: InProcessServer, bundle: Bundle) -> None:
+    frames = _frames(4)
+
+    async def scenario() -> tuple[Any, FrameResult, list[FrameResult]]:
+        async with AsyncClient(server.address) as client:
+            info = await client.info()
+            single = await client.encode(frames[0], EncodeOptions(outputs=("rates", "counts"), seed=5,
+                                                                  float_format="fp32"))
+
+            async def source() -> Any:
+                for frame in frames:
+                    yield frame
+
+            options = EncodeOptions(outputs=ALL_OUTPUTS, seed=SEED, float_format="fp32")
+            results = [r async for r in client.stream(source(), window=2, options=options)]
+            return info, single, results
+
+    info, single, results = asyncio.run(scenario())
+    assert info.model.n_latents == bundle.n_latents
+    _check_counts_equal_draw(single)
+    assert [r.sequence for r in results] == [0, 1, 2, 3]
+    graphs = _Graphs(bundle)
+    for result, frame in zip(results, frames, strict=True):
+        _check_against_graphs(result, frame, graphs, SEED + result.sequence)
+
+
+def test_unavailable_at_start_up_is_retried_until_serving(bundle: Bundle) -> None:
+    config = ServeConfig(port=0, metrics_port=None)
+    frame = _frames(1)[0]
+    with InProcessServer(config, bundle=bundle, warm_up=False) as cold:  # health NOT_SERVING, frames UNAVAILABLE
+        with Client(cold.address, retry=RetryPolicy(timeout_s=0.2)) as impatient, \
+                pytest.raises(ServerUnavailable, match="NOT_SERVING") as caught:
+            impatient.encode(frame)
+        assert cold.address in str(caught.value)
+        timer = threading.Timer(0.3, cold.warm_up)
+        timer.start()
+        try:
+            with Client(cold.address, retry=RetryPolicy(timeout_s=30.0)) as patient:
+                result = patient.encode(frame)  # waits out the warm-up instead of failing
+        finally:
+            timer.join()
+    assert result.counts is not None
+
+
+def test_streams_are_balanced_over_several_targets(server: InProcessServer, bundle: Bundle) -> None:
+    assert server.running is not None
+    with InProcessServer(ServeConfig(port=0, metrics_port=None), engine=server.running.engine) as second:
+        targets = [server.address, second.address]
+        with Client(targets) as client:
+            client.wait_until_ready()
+            for _ in range(6):
+                assert len(list(client.stream(_frames(2), options=EncodeOptions(outputs=("counts",))))) == 2
+        served = [s.registry.get_sample_value("pvae_frames_total", {"rpc": "StreamEncode"}) or 0.0
+                  for s in (server, second)]
+    assert served[1] > 0 and sum(served) >= 12
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _cli_json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    return dict(json.loads(capsys.readouterr().out))
+
+
+def test_cli_stream_writes_a_video_frame_per_frame_sent_and_codes_that_round_trip(
+        server: InProcessServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    video, codes_path, frames = tmp_path / "out" / "side_by_side.mp4", tmp_path / "codes.npz", 12
+    summary = _cli_json(capsys, ["stream", "--source", "synthetic", "--size", f"{WIDTH}x{HEIGHT}", "--frames",
+                                 str(frames), "--server", server.address, "--seed", str(SEED), "--float-format",
+                                 "fp32", "--out", str(video), "--save", str(codes_path), "--no-progress", "--json"])
+    assert summary["frames_sent"] == frames and summary["frames_answered"] == frames
+    assert summary["frames_dropped"] == 0 and summary["policy"] == "block"
+    assert summary["latency_p50_seconds"] > 0 and summary["bytes_sent"] > 0
+    capture = cv2.VideoCapture(str(video))
+    count, first = 0, None
+    while True:
+        ok, picture = capture.read()
+        if not ok:
+            break
+        first = picture if first is None else first
+        count += 1
+    capture.release()
+    assert count == frames
+    assert first is not None and first.shape[1] >= 3 * WIDTH and first.shape[0] >= HEIGHT
+
+    codes = load_codes(codes_path)
+    assert len(codes) == frames
+    np.testing.assert_array_equal(codes.sequences, np.arange(frames))
+    np.testing.assert_array_equal(codes.seeds, SEED + np.arange(frames))
+    assert codes.meta["options"]["seed"] == SEED and codes.meta["server"] == server.address
+    with Client(server.address) as client:
+        for index in (0, frames - 1):
+            frame = SyntheticCamera(HEIGHT, WIDTH).frame(index)
+            again = client.encode(frame, EncodeOptions(outputs=("rates", "counts"), seed=int(codes.seeds[index]),
+                                                       float_format="fp32"))
+            np.testing.assert_array_equal(codes.rates(index), again.rates)
+            np.testing.assert_array_equal(codes.counts(index), again.counts)
+
+
+def test_saved_codes_equal_the_streamed_results(client: Client, tmp_path: Path) -> None:
+    results = list(client.stream(_frames(5), options=EncodeOptions(outputs=("rates", "counts"), seed=9)))
+    recorder = CodeRecorder(tmp_path / "codes.npz")
+    for result in results:
+        recorder.add(result)
+    codes = load_codes(recorder.save())
+    for index, result in enumerate(results):
+        np.testing.assert_array_equal(codes.rates(index), result.rates)
+        np.testing.assert_array_equal(codes.counts(index), result.counts)
+        assert int(codes.seeds[index]) == result.seed and int(codes.sequences[index]) == result.sequence
+
+
+def test_cli_info_and_encode(server: InProcessServer, bundle: Bundle, tmp_path: Path,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    info = _cli_json(capsys, ["info", "--server", server.address, "--json"])
+    assert info["model"]["n_latents"] == bundle.n_latents
+    image = tmp_path / "photo.png"
+    cv2.imwrite(str(image), SyntheticCamera(HEIGHT, WIDTH).frame(3))
+    recon = tmp_path / "recon.png"
+    summary = _cli_json(capsys, ["encode", str(image), "--out", str(recon), "--picture", str(tmp_path / "sbs.png"),
+                                 "--save", str(tmp_path / "one.npz"), "--seed", "3", "--server", server.address,
+                                 "--json"])
+    assert summary["seed"] == 3 and summary["grid"] == [3, 4]
+    written = cv2.imread(str(recon), cv2.IMREAD_UNCHANGED)
+    assert written is not None and written.shape == (HEIGHT, WIDTH) and written.dtype == np.uint8
+    assert len(load_codes(tmp_path / "one.npz")) == 1
+
+
+# ----------------------------------------------------------------------------- the live page in Chromium
+
+
+def _screenshot(url: str, path: Path) -> np.ndarray:
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory() as profile:
+        subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={path}",
+                        "--window-size=900,420", url], check=True, capture_output=True, timeout=60)
+    picture = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert picture is not None, f"chromium wrote no screenshot to {path}"
+    return picture
+
+
+def _dom_after_scripts_ran(url: str, budget_ms: int = 3000) -> str:
+    """The page's DOM after its scripts ran for ``budget_ms`` of (virtual) time."""
+    assert CHROMIUM is not None
+    with tempfile.TemporaryDirectory() as profile:
+        done = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}",
+                               f"--virtual-time-budget={budget_ms}", "--dump-dom", url],
+                              check=True, capture_output=True, text=True, timeout=60)
+    return done.stdout
+
+
+def _wait_for_url(process: subprocess.Popen[str], timeout: float) -> str:
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if "live view at " in line:
+            return line.rsplit("live view at ", 1)[1].strip()
+        if not line and process.poll() is not None:
+            break
+    raise AssertionError(f"pvae-client printed no live-view URL (exit status {process.poll()})")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package 'chromium')")
+def test_view_page_shows_a_live_picture_in_headless_chromium(server: InProcessServer, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "pvae.clients.cli", "stream", "--source", "synthetic", "--size", "160x120",
+               "--fps", "15", "--server", server.address, "--view", "--view-port", "0", "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = _wait_for_url(process, timeout=60)
+        deadline = time.monotonic() + 30
+        while json.loads(urllib.request.urlopen(url + "stats.json", timeout=5).read())["frame"] < 3:
+            assert time.monotonic() < deadline, "no frame reached the live view"
+            time.sleep(0.2)
+        first = _screenshot(url, tmp_path / "first.png")
+        time.sleep(1.0)
+        second = _screenshot(url, tmp_path / "second.png")
+        jpeg = urllib.request.urlopen(url + "frame.jpg", timeout=5).read()
+        dom = _dom_after_scripts_ran(url)
+    finally:
+        process.send_signal(signal.SIGINT)  # a live stream ends with Ctrl-C: summary, exit 0
+        out, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert "stopped (Ctrl-C)" in out and "frames" in out
+    # The page's script swapped in newer pictures and filled in the stats by itself.
+    assert re.search(r'src="frame\.jpg\?n=\d+"', dom), "the page never asked for a newer picture"
+    fps = re.search(r'id="fps">([^<]*)<', dom)
+    assert fps is not None and float(fps.group(1)) > 0, "the page shows no live fps"
+    # Find the side-by-side picture in the screenshots by its label bar (constant text), then check
+    # that it has contrast and that its panels changed between the two screenshots.
+    picture = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    height, width = picture.shape[:2]
+    labels = picture[:LABEL_BAR_HEIGHT, : width // 2]
+    panels = []
+    for shot in (first, second):
+        scores = cv2.matchTemplate(shot, labels, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (left, top) = cv2.minMaxLoc(scores)
+        assert best > 0.8, "the side-by-side picture is not on the page"
+        region = shot[top + LABEL_BAR_HEIGHT:top + height, left:left + width].astype(np.int64)
+        assert region.shape[:2] == (height - LABEL_BAR_HEIGHT, width)
+        assert region.std() > 20, "the picture is blank"
+        panels.append(region)
+    assert np.abs(panels[0] - panels[1]).mean() > 1.0, "the picture did not change between two screenshots"
