@@ -1,0 +1,346 @@
+"""The inference engine: ONNX Runtime sessions over a bundle's graphs, on CPU or one CUDA GPU.
+
+All model math lives in the bundle's graphs (``pvae.bundle``); the engine only feeds them:
+
+    frame    frames uint8 (B, H, W)           -> rates, log_rates (B, R*C, K), reconstruction_u8, ...
+    sampler  rates float32 (N, K), seed int64 -> counts int32 (N, K)      (one call per frame, so a
+                                                 frame's counts depend only on its rates and seed)
+    rates    patches float32 (N, D)           -> log_rates, rates (N, K)
+    decoder  latents float32 (N, K)           -> patches float32 (N, D)
+
+On CUDA the frame graph's outputs are bound with I/O binding: ``rates`` stays on the GPU and each
+frame's slice is bound to the sampler in place (pointer offset, no copy), and only the outputs a
+request asked for come back to the host, once.
+
+    >>> engine = Engine(load_bundle("bundle"), resolve_device("auto"))
+    >>> batch = engine.run_frames(frames, ("rates", "reconstruction_u8"))   # frames (B, H, W) uint8
+    >>> counts = engine.sample(batch, 0, seed=7)                            # (R*C, K) int32
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from pvae.bundle import Bundle, GraphSpec
+from pvae.errors import BundleError, DeviceError, MissingDependencyError
+from pvae.serving.errors import InferenceError
+
+__all__ = [
+    "CPU_PROVIDER",
+    "CUDA_PROVIDER",
+    "FRAME_OUTPUTS",
+    "DevicePlan",
+    "Engine",
+    "FrameBatch",
+    "HalfCaster",
+    "resolve_device",
+]
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+#: Output names of the frame graph that the server uses (pvae.bundle docstring; issue 3).
+FRAME_INPUT = "frames"
+FRAME_OUTPUTS = ("preprocessed", "log_rates", "rates", "reconstruction", "preprocessed_u8", "reconstruction_u8")
+#: Where NVIDIA's kernel driver lists GPUs; used by ``--device auto`` to look for one without CUDA.
+NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
+#: Smallest side of the warm-up frame when the manifest has no frame policy (one 16-pixel patch
+#: per side; pvae-model.md).
+WARMUP_SIDE = 16
+
+Kind = Literal["cpu", "cuda"]
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("serving needs ONNX Runtime: pip install 'pvae[cpu]' (or 'pvae[gpu]' for "
+                                     "onnxruntime-gpu)") from None
+    return onnxruntime
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """Where the graphs run."""
+
+    kind: Kind
+    """``"cpu"`` or ``"cuda"``."""
+    device_id: int = 0
+    """CUDA device index (ignored on CPU)."""
+
+    @property
+    def provider(self) -> str:
+        """The ONNX Runtime execution provider."""
+        return CUDA_PROVIDER if self.kind == "cuda" else CPU_PROVIDER
+
+    @property
+    def label(self) -> str:
+        """``"cpu"`` or ``"cuda:N"``."""
+        return f"cuda:{self.device_id}" if self.kind == "cuda" else "cpu"
+
+
+def _gpu_present() -> bool:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    return NVIDIA_PROC.is_dir() and any(NVIDIA_PROC.iterdir())
+
+
+def resolve_device(device: str = "auto", gpu: int | None = None) -> DevicePlan:
+    """Turn ``--device``/``--gpu`` into a plan; DeviceError if CUDA is asked for and missing."""
+    ort = _ort()
+    available = ort.get_available_providers()
+    if gpu is not None or device == "cuda":
+        index = 0 if gpu is None else gpu
+        if CUDA_PROVIDER not in available:
+            raise DeviceError(f"--gpu {index}: this onnxruntime build has no CUDA execution provider "
+                              f"(available: {', '.join(available)}); install onnxruntime-gpu with "
+                              "pip install 'pvae[gpu]' (it replaces onnxruntime)")
+        if not _gpu_present():
+            raise DeviceError(f"--gpu {index}: no NVIDIA GPU is visible (no {NVIDIA_PROC}, or "
+                              "CUDA_VISIBLE_DEVICES hides it)")
+        return DevicePlan("cuda", index)
+    if device == "auto" and CUDA_PROVIDER in available and _gpu_present():
+        return DevicePlan("cuda", 0)
+    return DevicePlan("cpu")
+
+
+class HalfCaster:
+    """float32 -> float16 with ONNX Runtime's vectorised Cast (about 30x numpy's ``astype`` on CPU).
+
+    A one-node graph built in memory: a dtype conversion for packing, not model math. Rounds to
+    nearest even, as numpy does.
+
+        >>> HalfCaster()(np.ones((2, 3), np.float32)).dtype
+        dtype('float16')
+    """
+
+    def __init__(self, threads: int = 1) -> None:
+        import onnx
+        from onnx import TensorProto, helper
+
+        ort = _ort()
+        node = helper.make_node("Cast", ["x"], ["y"], to=TensorProto.FLOAT16)
+        graph = helper.make_graph([node], "fp16_cast", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT16, None)])
+        # Opset 13 (ONNX 1.8) is the oldest opset every supported ONNX Runtime runs with this Cast.
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._session = ort.InferenceSession(model.SerializeToString(), options, providers=[CPU_PROVIDER])
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        """``values`` as float16, same shape."""
+        array = np.ascontiguousarray(values, dtype=np.float32)
+        return self._session.run(None, {"x": array})[0]
+
+
+class FrameBatch:
+    """The frame graph's outputs for one batch: host arrays, plus device-resident rates on CUDA."""
+
+    def __init__(self, shape: tuple[int, int, int], host: dict[str, np.ndarray],
+                 device_rates: Any = None, n_latents: int = 0) -> None:
+        self.shape = shape
+        """(B, H, W) of the input frames."""
+        self.host = host
+        """Host copies of the outputs that were asked for, by graph output name."""
+        self.device_rates = device_rates
+        """OrtValue (B, R*C, K) on the device (I/O-binding path only)."""
+        self.n_latents = n_latents
+
+    def output(self, name: str, index: int) -> np.ndarray:
+        """Output ``name`` for frame ``index`` of the batch (host array)."""
+        return self.host[name][index]
+
+
+def _graph(bundle: Bundle, name: str) -> GraphSpec:
+    if name not in bundle.graphs:
+        raise BundleError(f"{bundle.root}: bundle has no {name!r} graph")
+    return bundle.graphs[name]
+
+
+class Engine:
+    """ONNX Runtime sessions for a bundle's frame, sampler, rates and decoder graphs.
+
+    Thread-safety: an ONNX Runtime session may be run from several threads, but the server runs
+    each engine from one inference thread at a time; ``run_frames`` results are independent objects.
+
+        >>> engine = Engine(bundle, DevicePlan("cpu"))
+        >>> engine.warm_up()
+    """
+
+    def __init__(self, bundle: Bundle, plan: DevicePlan, intra_op_threads: int = 0,
+                 io_binding: bool | None = None) -> None:
+        self.bundle = bundle
+        self.plan = plan
+        self.io_binding = plan.kind == "cuda" if io_binding is None else io_binding
+        self.n_latents = bundle.n_latents
+        self.patch_size = bundle.patch_size
+        ort = _ort()
+        self._ort = ort
+        self._options = ort.SessionOptions()
+        self._options.intra_op_num_threads = intra_op_threads
+        self._options.inter_op_num_threads = 1
+        # The inference thread runs the sessions one after another; spinning pool threads of the idle
+        # sessions would steal the cores the busy one needs (a 2-core host loses ~30 % to spinning).
+        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+
+        frame = _graph(bundle, "frame")
+        self._frame_input = frame.inputs[0].name
+        names = {t.name for t in frame.outputs}
+        missing = [n for n in FRAME_OUTPUTS if n not in names]
+        if missing:
+            raise BundleError(f"{bundle.root}: frame graph lacks output(s) {', '.join(missing)}")
+        sampler = _graph(bundle, "sampler")
+        self._sampler_rates = next((t.name for t in sampler.inputs if t.dtype.startswith("float")), None)
+        self._sampler_seed = next((t.name for t in sampler.inputs if t.dtype.startswith("int")), None)
+        if self._sampler_rates is None or self._sampler_seed is None or len(sampler.outputs) != 1:
+            raise BundleError(f"{bundle.root}: sampler graph must take (float rates, int seed) and give counts")
+        self._sampler_counts = sampler.outputs[0].name
+        rates = _graph(bundle, "rates")
+        self._rates_input = rates.inputs[0].name
+        self._rates_outputs = {t.name for t in rates.outputs}
+        if not {"log_rates", "rates"} <= self._rates_outputs:
+            raise BundleError(f"{bundle.root}: rates graph must output log_rates and rates")
+        decoder = _graph(bundle, "decoder")
+        self._decoder_input = decoder.inputs[0].name
+        self._decoder_output = decoder.outputs[0].name
+        patch_dim = rates.inputs[0].shape[-1]
+        self.patch_dim = int(patch_dim) if isinstance(patch_dim, int) else self.patch_size**2
+        policy = bundle.manifest.get("frame_policy") or {}
+        self.min_frame_side = int(policy.get("min_side", 1))
+
+        self._sessions = {name: self._session(bundle, name) for name in ("frame", "sampler", "rates", "decoder")}
+
+    # ------------------------------------------------------------------ sessions
+
+    def _session(self, bundle: Bundle, name: str) -> Any:
+        path = bundle.graph_path(name)
+        providers: list[Any]
+        if self.plan.kind == "cuda":
+            providers = [(CUDA_PROVIDER, {"device_id": self.plan.device_id}), CPU_PROVIDER]
+        else:
+            providers = [CPU_PROVIDER]
+        try:
+            session = self._ort.InferenceSession(str(path), self._options, providers=providers)
+        except Exception as exc:  # ONNX Runtime raises its own pybind exception types
+            if self.plan.kind == "cuda":
+                raise DeviceError(f"--gpu {self.plan.device_id}: could not create a CUDA session for "
+                                  f"{path.name}: {exc}") from None
+            raise BundleError(f"{path}: ONNX Runtime cannot load this graph: {exc}") from None
+        if session.get_providers()[0] != self.plan.provider:
+            # ONNX Runtime falls back to the CPU silently when CUDA cannot start; refuse instead.
+            raise DeviceError(f"{self.plan.label}: ONNX Runtime fell back to {session.get_providers()[0]} "
+                              f"for {path.name} (is the GPU visible and are the CUDA/cuDNN libraries installed?)")
+        return session
+
+    @property
+    def provider(self) -> str:
+        """The execution provider every session runs on."""
+        return self.plan.provider
+
+    # ------------------------------------------------------------------ frames
+
+    def run_frames(self, frames: np.ndarray, outputs: Sequence[str]) -> FrameBatch:
+        """Run the frame graph on uint8 (B, H, W) frames; fetch the named outputs to the host.
+
+        ``"rates"`` is always computed; with I/O binding it also stays on the device for ``sample``.
+        """
+        wanted = [name for name in FRAME_OUTPUTS if name in outputs]
+        session = self._sessions["frame"]
+        shape = (int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2]))
+        try:
+            if not self.io_binding:
+                fetch = wanted or ["rates"]
+                values = session.run(fetch, {self._frame_input: frames})
+                return FrameBatch(shape, dict(zip(fetch, values, strict=True)), n_latents=self.n_latents)
+            binding = session.io_binding()
+            binding.bind_cpu_input(self._frame_input, np.ascontiguousarray(frames))
+            device = self.plan.kind
+            binding.bind_output("rates", device, self.plan.device_id)
+            host_names = [name for name in wanted if name != "rates"]
+            for name in host_names:
+                binding.bind_output(name, "cpu")
+            session.run_with_iobinding(binding)
+            values = binding.get_outputs()  # OrtValues in binding order: rates first
+            host = {name: value.numpy() for name, value in zip(host_names, values[1:], strict=True)}
+            if "rates" in wanted:
+                host["rates"] = values[0].numpy()
+            return FrameBatch(shape, host, device_rates=values[0], n_latents=self.n_latents)
+        except Exception as exc:
+            raise InferenceError(f"frame graph failed on a {shape} batch: {exc}") from None
+
+    def sample(self, batch: FrameBatch, index: int, seed: int) -> np.ndarray:
+        """Exact Poisson counts int32 (R*C, K) for frame ``index`` of ``batch``, drawn with ``seed``."""
+        session = self._sessions["sampler"]
+        seed_array = np.array(seed, dtype=np.int64)
+        try:
+            if batch.device_rates is None:
+                rates = batch.host["rates"][index]  # (R*C, K), a contiguous view
+                return session.run([self._sampler_counts], {self._sampler_rates: rates,
+                                                            self._sampler_seed: seed_array})[0]
+            rows = int(batch.device_rates.shape()[1])
+            element_bytes = np.dtype(np.float32).itemsize
+            pointer = batch.device_rates.data_ptr() + index * rows * self.n_latents * element_bytes
+            binding = session.io_binding()
+            binding.bind_input(self._sampler_rates, self.plan.kind, self.plan.device_id, np.float32,
+                               [rows, self.n_latents], pointer)
+            binding.bind_cpu_input(self._sampler_seed, seed_array)
+            binding.bind_output(self._sampler_counts, "cpu")
+            session.run_with_iobinding(binding)
+            return binding.get_outputs()[0].numpy()
+        except Exception as exc:
+            raise InferenceError(f"sampler graph failed: {exc}") from None
+
+    def sample_rates(self, rates: np.ndarray, seed: int) -> np.ndarray:
+        """Exact Poisson counts int32 (N, K) for host rates float32 (N, K)."""
+        try:
+            return self._sessions["sampler"].run(
+                [self._sampler_counts],
+                {self._sampler_rates: np.ascontiguousarray(rates, dtype=np.float32),
+                 self._sampler_seed: np.array(seed, dtype=np.int64)})[0]
+        except Exception as exc:
+            raise InferenceError(f"sampler graph failed: {exc}") from None
+
+    # ------------------------------------------------------------------ patches
+
+    def run_patches(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Model-space patches float32 (N, D) -> (log_rates, rates) float32 (N, K)."""
+        try:
+            log_rates, rates = self._sessions["rates"].run(["log_rates", "rates"], {self._rates_input: patches})
+        except Exception as exc:
+            raise InferenceError(f"rates graph failed on {patches.shape} patches: {exc}") from None
+        return log_rates, rates
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Latents float32 (N, K) (rates or counts) -> model-space patches float32 (N, D)."""
+        try:
+            return self._sessions["decoder"].run(
+                [self._decoder_output], {self._decoder_input: np.ascontiguousarray(latents, dtype=np.float32)})[0]
+        except Exception as exc:
+            raise InferenceError(f"decoder graph failed on {latents.shape} latents: {exc}") from None
+
+    # ------------------------------------------------------------------ warm-up
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]] = ()) -> None:
+        """Run every graph once on a small input, and the frame graph and sampler on each (H, W) of
+        ``sizes`` (first runs of a shape allocate buffers and pick kernels)."""
+        side = max(self.min_frame_side, WARMUP_SIDE, self.patch_size)
+        # Two patches per side, so the tiling path (not only the single-patch corner case) runs.
+        side = self.patch_size * math.ceil(2 * side / self.patch_size)
+        for height, width in ((side, side), *sizes):
+            frames = np.zeros((1, max(height, self.min_frame_side), max(width, self.min_frame_side)), np.uint8)
+            batch = self.run_frames(frames, FRAME_OUTPUTS)
+            self.sample(batch, 0, seed=0)
+        _, rates = self.run_patches(np.zeros((2, self.patch_dim), dtype=np.float32))
+        self.decode(rates)

@@ -1,0 +1,100 @@
+"""What a request asks for: the outputs, their formats and the sampling seed, as plain data.
+
+These mirror the pvae.v1 enums one to one (the servicer converts); the compute modules only see
+these, never protobuf messages.
+
+    >>> spec = OutputSpec(frozenset({Output.RATES, Output.COUNTS}))
+    >>> spec.needs_counts, spec.count_format
+    (True, <CountFormat.SPARSE: 'sparse'>)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = [
+    "DEFAULT_OUTPUTS",
+    "MAX_SEED",
+    "CountFormat",
+    "FloatFormat",
+    "ImageEncoding",
+    "Output",
+    "OutputSpec",
+    "stream_frame_seed",
+]
+
+#: Seeds are int64 scalars in the sampler graph (manifest graphs.sampler.inputs): 0 .. 2^63 - 1.
+MAX_SEED = 2**63 - 1
+
+
+class Output(Enum):
+    """One output of a frame (pvae.v1.Output)."""
+
+    RATES = "rates"
+    LOG_RATES = "log_rates"
+    COUNTS = "counts"
+    RECONSTRUCTION = "reconstruction"
+    PREPROCESSED = "preprocessed"
+    STATS = "stats"
+
+
+class CountFormat(Enum):
+    """How spike counts are packed (pvae.v1.CountFormat)."""
+
+    SPARSE = "sparse"
+    DENSE_U8 = "dense_u8"
+
+
+class ImageEncoding(Enum):
+    """How images are packed (pvae.v1.ImageEncoding)."""
+
+    RAW = "raw"
+    PNG = "png"
+    JPEG = "jpeg"
+
+
+class FloatFormat(Enum):
+    """How rates and log-rates are packed (pvae.v1.FloatFormat)."""
+
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+#: What a request without explicit outputs gets (pvae.proto, EncodeOptions.outputs).
+DEFAULT_OUTPUTS = frozenset({Output.RATES, Output.COUNTS, Output.STATS})
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """The outputs of one frame and how to pack them."""
+
+    outputs: frozenset[Output] = DEFAULT_OUTPUTS
+    """Which outputs to compute and return."""
+    count_format: CountFormat = CountFormat.SPARSE
+    """Sparse events or dense uint8 counts."""
+    image_encoding: ImageEncoding = ImageEncoding.RAW
+    """Encoding of the reconstruction and preprocessed images."""
+    jpeg_quality: int = 90
+    """JPEG quality, 1..100 (used with ImageEncoding.JPEG)."""
+    float_format: FloatFormat = FloatFormat.FP16
+    """Precision of rates and log-rates."""
+
+    def wants(self, output: Output) -> bool:
+        """Whether ``output`` was asked for."""
+        return output in self.outputs
+
+    @property
+    def needs_counts(self) -> bool:
+        """Counts are drawn for the counts output and for the stats (spikes, sparsity)."""
+        return Output.COUNTS in self.outputs or Output.STATS in self.outputs
+
+    @property
+    def needs_rates(self) -> bool:
+        """Rates are fetched from the graph for the rates output, and to draw counts."""
+        return Output.RATES in self.outputs or self.needs_counts
+
+
+def stream_frame_seed(seed: int, sequence: int) -> int:
+    """The seed of frame ``sequence`` in a stream whose options carry ``seed``: (seed + sequence) mod 2^63."""
+    return (seed + sequence) % (MAX_SEED + 1)

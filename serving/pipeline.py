@@ -1,0 +1,288 @@
+"""The compute pipeline: decoded frames (or patches) in, packed results out. No gRPC here.
+
+One frame's journey through it (architecture.md): a batch of equal-size frames runs through the
+frame graph at once (``infer``); then each frame, on its own (``finish``), draws its spike counts
+with its own seed and is packed: fp16 rates, sparse or dense counts, PNG/JPEG/raw images, stats.
+Per-frame sampling keeps a frame's counts a function of its rates and seed alone, whatever batch
+it rode in.
+
+    >>> pipeline = Pipeline(engine)
+    >>> results = pipeline.process([FrameJob(gray, OutputSpec(), seed=7)])   # in-process use
+    >>> results[0].counts                                                    # SparseCountsPacked
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pvae.serving.engine import Engine, FrameBatch, HalfCaster
+from pvae.serving.errors import InferenceError
+from pvae.serving.options import CountFormat, FloatFormat, ImageEncoding, Output, OutputSpec
+from pvae.serving.pack import (
+    DenseCountsPacked,
+    FrameStatistics,
+    SparseCountsPacked,
+    encode_image,
+    frame_events,
+    frame_statistics,
+    pack_dense_counts,
+    pack_sparse_counts,
+)
+
+__all__ = [
+    "FrameJob",
+    "InferredBatch",
+    "PackedImage",
+    "PackedResult",
+    "PatchJob",
+    "Pipeline",
+    "StageTimes",
+]
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent on one frame per stage (filled in as the frame moves along)."""
+
+    decode: float = 0.0
+    queue: float = 0.0
+    inference: float = 0.0
+    sampling: float = 0.0
+    packing: float = 0.0
+    batch_size: int = 1
+
+
+@dataclass(eq=False)
+class FrameJob:
+    """One decoded frame and what to compute for it."""
+
+    frame: np.ndarray
+    """uint8 gray (H, W)."""
+    spec: OutputSpec
+    """Outputs and formats."""
+    seed: int
+    """Sampler seed, 0 .. 2^63 - 1 (used when counts or stats are asked for)."""
+    times: StageTimes = field(default_factory=StageTimes)
+    started: bool = False
+    """Set when the batcher hands the job to an inference call (dropping it then wastes work)."""
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Frames with equal keys can share an inference call."""
+        return (int(self.frame.shape[0]), int(self.frame.shape[1]))
+
+
+@dataclass(eq=False)
+class PatchJob:
+    """A batch of model-space patches and what to compute for it."""
+
+    patches: np.ndarray
+    """float32 (N, D)."""
+    spec: OutputSpec
+    seed: int
+    times: StageTimes = field(default_factory=StageTimes)
+    started: bool = False
+
+    @property
+    def key(self) -> object:
+        """A patch batch is an inference call of its own: its key equals nothing else."""
+        return self
+
+
+Job = FrameJob | PatchJob
+
+
+@dataclass(frozen=True)
+class PackedImage:
+    """An image ready for the wire."""
+
+    encoding: ImageEncoding
+    height: int
+    width: int
+    data: bytes
+
+
+@dataclass
+class PackedResult:
+    """Everything a response carries for one frame or patch batch; unrequested outputs are None."""
+
+    n_patches: int
+    n_latents: int
+    float_format: FloatFormat
+    height: int = 0
+    width: int = 0
+    grid_rows: int = 0
+    grid_cols: int = 0
+    seed: int | None = None
+    rates: bytes | None = None
+    log_rates: bytes | None = None
+    counts: SparseCountsPacked | DenseCountsPacked | None = None
+    reconstruction: PackedImage | None = None
+    preprocessed: PackedImage | None = None
+    reconstruction_patches: bytes | None = None
+    stats: FrameStatistics | None = None
+    total_spikes: int | None = None
+    """Sum of the counts, when counts were drawn."""
+    times: StageTimes = field(default_factory=StageTimes)
+
+
+@dataclass
+class InferredBatch:
+    """What ``infer`` hands to ``finish``: the graph outputs of one inference call."""
+
+    jobs: Sequence[Job]
+    frames: FrameBatch | None = None
+    """Frame-graph outputs (frame jobs)."""
+    patch_outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    """Rates-graph outputs (a patch job)."""
+
+
+def _frame_outputs(spec: OutputSpec) -> set[str]:
+    names = set()
+    if spec.needs_rates:
+        names.add("rates")
+    if spec.wants(Output.LOG_RATES):
+        names.add("log_rates")
+    if spec.wants(Output.RECONSTRUCTION):
+        names.add("reconstruction_u8")
+    if spec.wants(Output.PREPROCESSED):
+        names.add("preprocessed_u8")
+    return names
+
+
+class Pipeline:
+    """Stateless glue between the engine and the packers; safe to call from several threads.
+
+        >>> pipeline = Pipeline(engine)
+        >>> batch = pipeline.infer(jobs)                  # one inference call (equal-size frames)
+        >>> result = pipeline.finish(batch, 0)            # sample + pack one of them
+    """
+
+    def __init__(self, engine: Engine, half_caster: HalfCaster | None = None) -> None:
+        self.engine = engine
+        self.n_latents = engine.n_latents
+        self.patch_size = engine.patch_size
+        self._half = half_caster if half_caster is not None else HalfCaster()
+
+    # ------------------------------------------------------------------ stage 1: one inference call
+
+    def infer(self, jobs: Sequence[Job]) -> InferredBatch:
+        """Run the graph for ``jobs``: equal-size frames as one batch, or one patch job."""
+        if not jobs:
+            raise ValueError("infer needs at least one job")
+        start = time.perf_counter()
+        first = jobs[0]
+        if isinstance(first, PatchJob):
+            if len(jobs) != 1:
+                raise ValueError("a patch job is an inference call of its own")
+            log_rates, rates = self.engine.run_patches(first.patches)
+            result = InferredBatch(jobs, patch_outputs={"log_rates": log_rates, "rates": rates})
+        else:
+            frame_jobs = [job for job in jobs if isinstance(job, FrameJob)]
+            if len(frame_jobs) != len(jobs) or len({job.key for job in frame_jobs}) != 1:
+                raise ValueError("a batch must hold frames of one size only")
+            names: set[str] = set()
+            for frame_job in frame_jobs:
+                names |= _frame_outputs(frame_job.spec)
+            frames = np.stack([frame_job.frame for frame_job in frame_jobs])  # (B, H, W) uint8
+            result = InferredBatch(jobs, frames=self.engine.run_frames(frames, sorted(names)))
+        elapsed = time.perf_counter() - start
+        for job in jobs:
+            job.times.inference = elapsed
+            job.times.batch_size = len(jobs)
+        return result
+
+    # ------------------------------------------------------------------ stage 2: per job
+
+    def finish(self, inferred: InferredBatch, index: int) -> PackedResult:
+        """Sample and pack job ``index`` of an inferred batch."""
+        job = inferred.jobs[index]
+        if isinstance(job, PatchJob):
+            return self._finish_patches(job, inferred.patch_outputs)
+        assert inferred.frames is not None  # frame jobs always carry frame outputs
+        return self._finish_frame(job, inferred.frames, index)
+
+    def process(self, jobs: Sequence[Job]) -> list[PackedResult]:
+        """``infer`` then ``finish`` every job: the whole pipeline in the calling thread."""
+        inferred = self.infer(jobs)
+        return [self.finish(inferred, i) for i in range(len(jobs))]
+
+    def _floats(self, values: np.ndarray, fmt: FloatFormat) -> bytes:
+        if fmt is FloatFormat.FP16:
+            return self._half(values).tobytes()
+        return np.ascontiguousarray(values, dtype="<f4").tobytes()
+
+    def _finish_frame(self, job: FrameJob, batch: FrameBatch, index: int) -> PackedResult:
+        spec = job.spec
+        height, width = job.key
+        rows, cols = -(-height // self.patch_size), -(-width // self.patch_size)
+        result = PackedResult(n_patches=rows * cols, n_latents=self.n_latents, float_format=spec.float_format,
+                              height=height, width=width, grid_rows=rows, grid_cols=cols, times=job.times)
+        counts = None
+        if spec.needs_counts:
+            start = time.perf_counter()
+            counts = self.engine.sample(batch, index, job.seed)  # (R*C, K) int32
+            job.times.sampling = time.perf_counter() - start
+            result.seed = job.seed
+        start = time.perf_counter()
+        rates = batch.output("rates", index) if spec.needs_rates else None
+        if rates is not None and rates.shape != (rows * cols, self.n_latents):
+            raise InferenceError(f"frame graph returned rates of shape {rates.shape} for a {height}x{width} frame; "
+                             f"expected {(rows * cols, self.n_latents)}")
+        self._pack_common(result, spec, rates, batch.output("log_rates", index) if spec.wants(Output.LOG_RATES)
+                          else None, counts)
+        if spec.wants(Output.RECONSTRUCTION):
+            result.reconstruction = self._image(batch.output("reconstruction_u8", index), spec)
+        if spec.wants(Output.PREPROCESSED):
+            result.preprocessed = self._image(batch.output("preprocessed_u8", index), spec)
+        job.times.packing = time.perf_counter() - start
+        return result
+
+    def _finish_patches(self, job: PatchJob, outputs: dict[str, np.ndarray]) -> PackedResult:
+        spec = job.spec
+        rates = outputs["rates"]  # (N, K)
+        result = PackedResult(n_patches=int(rates.shape[0]), n_latents=self.n_latents,
+                              float_format=spec.float_format, times=job.times)
+        counts = None
+        if spec.needs_counts:
+            start = time.perf_counter()
+            counts = self.engine.sample_rates(rates, job.seed)
+            job.times.sampling = time.perf_counter() - start
+            result.seed = job.seed
+        start = time.perf_counter()
+        self._pack_common(result, spec, rates, outputs["log_rates"] if spec.wants(Output.LOG_RATES) else None,
+                          counts)
+        if spec.wants(Output.RECONSTRUCTION):
+            # Decoding is model math, so it runs in the decoder graph (timed as inference).
+            decode_start = time.perf_counter()
+            patches = self.engine.decode(rates)
+            job.times.inference += time.perf_counter() - decode_start
+            result.reconstruction_patches = np.ascontiguousarray(patches, dtype="<f4").tobytes()
+        job.times.packing = time.perf_counter() - start
+        return result
+
+    def _pack_common(self, result: PackedResult, spec: OutputSpec, rates: np.ndarray | None,
+                     log_rates: np.ndarray | None, counts: np.ndarray | None) -> None:
+        if spec.wants(Output.RATES) and rates is not None:
+            result.rates = self._floats(rates, spec.float_format)
+        if log_rates is not None:
+            result.log_rates = self._floats(log_rates, spec.float_format)
+        if counts is not None and rates is not None:
+            sparse = spec.count_format is CountFormat.SPARSE
+            # The nonzero events serve both the sparse packing and the statistics: find them once.
+            events = frame_events(counts) if sparse or spec.wants(Output.STATS) else None
+            result.total_spikes = int(events.values.sum()) if events is not None else int(counts.sum())
+            if spec.wants(Output.COUNTS):
+                result.counts = pack_sparse_counts(counts, events) if sparse else pack_dense_counts(counts)
+            if spec.wants(Output.STATS):
+                result.stats = frame_statistics(counts, rates, events)
+
+    @staticmethod
+    def _image(image: np.ndarray, spec: OutputSpec) -> PackedImage:
+        height, width = int(image.shape[0]), int(image.shape[1])
+        return PackedImage(spec.image_encoding, height, width,
+                           encode_image(image, spec.image_encoding, spec.jpeg_quality))

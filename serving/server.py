@@ -1,0 +1,277 @@
+"""``pvae-serve``: the gRPC server, its health and reflection services, metrics and graceful drain.
+
+Start-up order: load the bundle and create the ONNX Runtime sessions; start gRPC with health
+NOT_SERVING (so probes get an answer, and Encode gets UNAVAILABLE); warm every graph up; then
+flip health to SERVING. On SIGTERM (or SIGINT): health NOT_SERVING at once, streams stop
+admitting frames, in-flight frames finish and are sent, streams end with UNAVAILABLE, and
+whatever is still running after ``--drain-grace-s`` is cancelled.
+
+    pvae-serve --model runs/quick/best.bundle --port 50051 --metrics-port 9464
+    pvae-serve --gpu 0
+
+In code (tests use port 0 and a fresh registry)::
+
+    running = await start_server(ServeConfig(port=0, metrics_port=None), registry=CollectorRegistry())
+    ...  # connect to f"127.0.0.1:{running.port}"
+    await running.stop(grace=5.0)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from pvae import __version__
+from pvae.bundle import Bundle
+from pvae.cli import run_cli
+from pvae.errors import ConfigError
+from pvae.serving.batcher import Batcher
+from pvae.serving.config import ServeConfig
+from pvae.serving.engine import Engine, resolve_device
+from pvae.serving.metrics import Metrics
+from pvae.serving.pipeline import Pipeline
+from pvae.serving.servicer import EncoderServicer
+from pvae.serving.source import resolve_bundle
+from pvae.v1 import pvae_pb2 as pb
+from pvae.v1 import pvae_pb2_grpc as pb_grpc
+
+__all__ = ["SERVICE_NAME", "RunningServer", "build_parser", "config_from_args", "main", "serve", "start_server"]
+
+log = logging.getLogger("pvae.serving")
+
+#: Full name of the service, as health checks and reflection know it.
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Encoder"].full_name
+#: Health entries kept: the server as a whole ("") and the encoder service.
+HEALTH_SERVICES = ("", SERVICE_NAME)
+
+
+def _info(bundle: Bundle, engine: Engine, config: ServeConfig) -> pb.InfoResponse:
+    manifest = bundle.manifest
+    model_config = manifest.get("model_config") or {}
+    data = manifest.get("data") or {}
+    return pb.InfoResponse(
+        server_version=__version__,
+        model=pb.ModelInfo(
+            arch=str(model_config.get("arch", "")),
+            n_latents=bundle.n_latents,
+            patch_size=bundle.patch_size,
+            min_frame_side=engine.min_frame_side,
+            data=str(data.get("name", data.get("dataset", ""))) if isinstance(data, dict) else str(data),
+            source_checkpoint_sha256=str((manifest.get("source_checkpoint") or {}).get("sha256", "")),
+            bundle_package_version=str(manifest.get("package_version", "")),
+            opset=int(manifest.get("opset", 0) or 0),
+            manifest_json=json.dumps(manifest, sort_keys=True),
+        ),
+        limits=pb.ServerLimits(
+            max_frame_height=config.max_frame_height,
+            max_frame_width=config.max_frame_width,
+            max_frame_pixels=config.max_frame_pixels,
+            max_frame_bytes=config.max_frame_bytes,
+            max_patches=config.max_patches,
+            max_receive_message_bytes=config.max_receive_message_bytes,
+            max_send_message_bytes=config.max_send_message_bytes,
+            max_batch_frames=config.max_batch_frames,
+            max_batch_delay_seconds=config.max_batch_delay_s,
+            max_queue_frames=config.max_queue_frames,
+            max_streams=config.max_streams,
+            default_window=config.default_window,
+            max_window=config.max_window,
+        ),
+        execution_provider=engine.provider,
+        device=engine.plan.label,
+    )
+
+
+@dataclass
+class RunningServer:
+    """A started server and its parts; ``stop`` drains it."""
+
+    server: grpc.aio.Server
+    port: int
+    """The bound gRPC port (useful with port 0)."""
+    servicer: EncoderServicer
+    batcher: Batcher
+    health: HealthServicer
+    metrics: Metrics
+    engine: Engine
+    metrics_port: int | None = None
+    """The bound /metrics HTTP port, or None when metrics HTTP is off."""
+    warmup_sizes: tuple[tuple[int, int], ...] = ()
+    """Frame sizes run once before SERVING."""
+    _metrics_http: Any = None
+    _stopped: bool = False
+
+    async def warm_up(self) -> None:
+        """Run every graph once (off the event loop), then report SERVING."""
+        await asyncio.get_running_loop().run_in_executor(None, self.engine.warm_up, self.warmup_sizes)
+        self.servicer.set_ready(True)
+        for service in HEALTH_SERVICES:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.metrics.ready.set(1)
+
+    async def stop(self, grace: float) -> None:
+        """Graceful drain: NOT_SERVING, finish in-flight frames for up to ``grace`` seconds, stop."""
+        if self._stopped:
+            return
+        self._stopped = True
+        await self.health.enter_graceful_shutdown()
+        self.metrics.ready.set(0)
+        self.servicer.begin_drain()
+        await self.server.stop(grace)  # refuses new RPCs; cancels what still runs after `grace`
+        await self.batcher.stop()
+        self.servicer.close()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+    async def wait_for_termination(self) -> None:
+        """Return when the gRPC server has stopped."""
+        await self.server.wait_for_termination()
+
+
+async def start_server(config: ServeConfig, registry: CollectorRegistry | None = None, bundle: Bundle | None = None,
+                       warm_up: bool = True, engine: Engine | None = None) -> RunningServer:
+    """Build and start the server. With ``warm_up=False`` it stays NOT_SERVING until
+    ``RunningServer.warm_up()`` is awaited (tests watch the transition)."""
+    metrics = Metrics(registry if registry is not None else CollectorRegistry())
+    if engine is None:
+        bundle = bundle if bundle is not None else resolve_bundle(config.model, config.cache_dir)
+        engine = Engine(bundle, resolve_device(config.device, config.gpu), config.intra_op_threads)
+    bundle = engine.bundle
+    pipeline = Pipeline(engine)
+    batcher = Batcher(pipeline, config.max_batch_frames, config.max_batch_delay_s, config.max_queue_frames, metrics)
+    await batcher.start()
+    info = _info(bundle, engine, config)
+    metrics.model_info.info({
+        "arch": info.model.arch,
+        "n_latents": str(info.model.n_latents),
+        "patch_size": str(info.model.patch_size),
+        "source_checkpoint_sha256": info.model.source_checkpoint_sha256,
+        "bundle_package_version": info.model.bundle_package_version,
+        "server_version": __version__,
+        "execution_provider": info.execution_provider,
+        "device": info.device,
+    })
+    servicer = EncoderServicer(pipeline, batcher, config, metrics, info)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+        ("grpc.max_send_message_length", config.max_send_message_bytes),
+    ])
+    pb_grpc.add_EncoderServicer_to_server(servicer, server)
+    health = HealthServicer()
+    for service in HEALTH_SERVICES:
+        await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+    try:
+        port = server.add_insecure_port(config.bind_address)
+    except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+        await batcher.stop()
+        raise ConfigError(f"port: cannot listen on {config.bind_address}: {exc}") from None
+    await server.start()
+    running = RunningServer(server, port, servicer, batcher, health, metrics, engine,
+                            warmup_sizes=config.warmup_sizes)
+    if config.metrics_port is not None:
+        http_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+        running._metrics_http = http_server
+        running.metrics_port = int(http_server.server_port)
+    if warm_up:
+        await running.warm_up()
+    return running
+
+
+async def serve(config: ServeConfig) -> None:
+    """Run until SIGTERM/SIGINT, then drain gracefully."""
+    running = await start_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    info = running.servicer.info
+    log.info("pvae-serve %s: %s on %s:%d (%s, %s; model %s K=%d, checkpoint %s); metrics %s",
+             __version__, SERVICE_NAME, config.host, running.port, info.execution_provider, info.device,
+             info.model.arch, info.model.n_latents, info.model.source_checkpoint_sha256[:12] or "?",
+             f"http://{config.host}:{running.metrics_port}/metrics" if running.metrics_port else "off")
+    await stop.wait()
+    log.info("draining: health NOT_SERVING, finishing in-flight frames (grace %.1f s)", config.drain_grace_s)
+    await running.stop(config.drain_grace_s)
+    log.info("stopped")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _sizes(text: str) -> tuple[tuple[int, int], ...]:
+    try:
+        return tuple((int(h), int(w)) for h, w in (item.lower().split("x") for item in text.split(",") if item))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW[,HxW...], e.g. 480x640, got {text!r}") from None
+
+
+def _metrics_port(text: str) -> int | None:
+    if text.lower() in ("off", "none"):
+        return None
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per ServeConfig field (``max_batch_frames`` -> ``--max-batch-frames``)."""
+    parser = argparse.ArgumentParser(prog="pvae-serve", description="Serve a P-VAE bundle over gRPC (pvae.v1.Encoder).",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(ServeConfig)
+    for f in dataclasses.fields(ServeConfig):
+        flag = "--" + f.name.replace("_", "-")
+        hint = hints[f.name]
+        kwargs: dict[str, Any] = {"default": f.default, "help": f.metadata.get("help", ""), "dest": f.name}
+        if f.name == "metrics_port":
+            kwargs["type"] = _metrics_port
+            kwargs["help"] += " ('off' disables)"
+        elif f.name == "warmup_sizes":
+            kwargs["type"] = _sizes
+            kwargs["default"] = ",".join(f"{h}x{w}" for h, w in f.default)  # type: ignore[union-attr]
+        elif typing.get_origin(hint) is typing.Literal:
+            kwargs["choices"] = typing.get_args(hint)
+        else:
+            args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(
+                hint, types.UnionType) else [hint]
+            kwargs["type"] = args[0]
+        parser.add_argument(flag, **kwargs)
+    return parser
+
+
+def config_from_args(argv: Sequence[str] | None) -> ServeConfig:
+    """Parse flags into a validated ServeConfig (ConfigError on a bad value)."""
+    args = build_parser().parse_args(argv)
+    return ServeConfig(**vars(args))
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(serve(config_from_args(argv)))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``pvae-serve``."""
+    return run_cli("pvae-serve", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

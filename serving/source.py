@@ -1,0 +1,76 @@
+"""Where the served model comes from: ``--model`` (a bundle or a checkpoint) or the bundled default.
+
+- A bundle directory (``pvae-export`` output) is loaded as is, torch-free.
+- A checkpoint file is exported on the fly into ``<cache>/bundles/<sha256 prefix>/`` and reused
+  on later starts; exporting needs torch (``pvae[train]``), imported only then.
+- No ``--model``: a prebuilt bundle shipped in the package (``pvae/models/default_bundle/``), else
+  the shipped checkpoint ``pvae/models/default.pt`` exported as above.
+
+    >>> bundle = resolve_bundle("runs/quick/best.bundle")       # BundleError on a bad bundle
+    >>> bundle = resolve_bundle(None)                          # the default model
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+
+from pvae.bundle import MANIFEST, Bundle, load_bundle, sha256_file
+from pvae.errors import BundleError, MissingDependencyError
+
+__all__ = ["default_cache_dir", "resolve_bundle"]
+
+#: The shipped default checkpoint, relative to the pvae package (pvae.training.checkpoint
+#: DEFAULT_MODEL_RESOURCE; repeated here because that module imports torch).
+DEFAULT_MODEL_RESOURCE = "models/default.pt"
+#: A prebuilt bundle of the default model, relative to the pvae package (lets a torch-free install
+#: serve the default model).
+DEFAULT_BUNDLE_RESOURCE = "models/default_bundle"
+#: Hex digits of the checkpoint's sha256 that name its cached bundle (64 bits: collisions are moot).
+CACHE_KEY_CHARS = 16
+
+
+def default_cache_dir() -> Path:
+    """``$PVAE_CACHE_DIR`` if set, else ``~/.cache/pvae`` (the same rule as the training data cache)."""
+    env = os.environ.get("PVAE_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "pvae"
+
+
+def _export_checkpoint(checkpoint: Path, cache_dir: Path) -> Bundle:
+    target = cache_dir / "bundles" / sha256_file(checkpoint)[:CACHE_KEY_CHARS]
+    if (target / MANIFEST).is_file():
+        try:
+            return load_bundle(target)
+        except BundleError:
+            pass  # a damaged cache entry: export again over it
+    try:
+        from pvae.export.exporter import export_bundle
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"--model {checkpoint} is a checkpoint, and exporting it needs torch ({exc.name} is missing): "
+            "pip install 'pvae[train]', or run pvae-export on a machine that has it and pass the bundle "
+            "directory") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return load_bundle(export_bundle(checkpoint, target, formats=("onnx",)))
+
+
+def resolve_bundle(model: str | Path | None, cache_dir: str | Path | None = None) -> Bundle:
+    """The bundle to serve for ``--model`` (see the module docstring)."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if model is None:
+        package = resources.files("pvae")
+        prebuilt = Path(str(package / DEFAULT_BUNDLE_RESOURCE))
+        if (prebuilt / MANIFEST).is_file():
+            return load_bundle(prebuilt)
+        checkpoint = Path(str(package / DEFAULT_MODEL_RESOURCE))
+        if not checkpoint.is_file():
+            raise BundleError(f"no --model given and the bundled default model is missing ({checkpoint}); "
+                              "run `make model`, or pass --model BUNDLE_DIR")
+        return _export_checkpoint(checkpoint, cache)
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return load_bundle(path)
+    if path.is_file():
+        return _export_checkpoint(path, cache)
+    raise BundleError(f"--model {model}: no such bundle directory or checkpoint file")
