@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from pvae.bundle import Bundle
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -27,3 +29,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_run: Path) -> Path:
     return tiny_run / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint: Path) -> Bundle:
+    """The tiny model exported once per session through the server's own ``--model CHECKPOINT`` path
+    (verified ONNX export, cached under $PVAE_CACHE_DIR), shared by the serving and client tests."""
+    from pvae.serving.source import resolve_bundle
+
+    return resolve_bundle(tiny_checkpoint)

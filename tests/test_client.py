@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pvae.bundle import Bundle, load_bundle
+from pvae.bundle import Bundle
 from pvae.clients import (
     AsyncClient,
     Client,
@@ -66,12 +66,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    """The tiny model as an ONNX bundle (verification is test_export's job, skipped here for time)."""
-    from pvae.export.exporter import export_bundle
-
-    out = tmp_path_factory.mktemp("client-bundle") / "tiny.bundle"
-    return load_bundle(export_bundle(tiny_checkpoint, out, formats=("onnx",), verify=False))
+def bundle(tiny_bundle: Bundle) -> Bundle:
+    """The tiny model as an ONNX bundle, exported once per session (conftest)."""
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")

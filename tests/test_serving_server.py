@@ -50,9 +50,9 @@ EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
 
 
 @pytest.fixture(scope="session")
-def serving_bundle(tiny_checkpoint: Path) -> Bundle:
-    """The tiny model, exported through the server's own --model CHECKPOINT path (cached per session)."""
-    return resolve_bundle(tiny_checkpoint)
+def serving_bundle(tiny_bundle: Bundle) -> Bundle:
+    """The tiny model, exported through the server's own --model CHECKPOINT path (conftest)."""
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
