@@ -31,11 +31,16 @@ typecheck: setup
 pytest: setup
 	$(BIN)/python -m pytest -q
 
-## model: retrain the bundled default model (lin|lin, K=512, natural patches) and ship it slimmed.
+## model: retrain the bundled default model (lin|lin, K=512, natural patches), ship it slimmed,
+## with a prebuilt ONNX bundle so that a torch-free install can serve it.
 model: setup
 	$(BIN)/pvae-train --preset default-model --device auto --out $(RUNS)/default-model --overwrite
 	$(BIN)/python -m pvae.training.checkpoint slim $(RUNS)/default-model/best.pt pvae/models/default.pt
+	rm -rf pvae/models/default_bundle
+	$(BIN)/pvae-export pvae/models/default.pt -o pvae/models/default_bundle --formats onnx
+	$(BIN)/pvae-eval pvae/models/default.pt --json --device cpu --out docs/default-model-eval.json
 	cp $(RUNS)/default-model/basis.png docs/default-model-basis.png
+	cp $(RUNS)/default-model/curves.png docs/default-model-curves.png
 
 ## bench-train: training throughput, adaptive sampler vs Algorithm 1 as written.
 bench-train: setup

@@ -7,7 +7,7 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
 # Debian packages: Fashion-MNIST (classification studies and tests), Chromium (headless tests of the live view).
-APT_PACKAGES=(dataset-fashion-mnist chromium)
+APT_PACKAGES=(dataset-fashion-mnist chromium prometheus)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

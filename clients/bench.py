@@ -1,0 +1,595 @@
+"""``pvae-bench``: a load generator for pvae-serve, in the spirit of Triton's perf_analyzer.
+
+It targets a running server (``--server host:port``) or starts one (``--model BUNDLE|CKPT``, default
+the bundled model) as a separate ``pvae-serve`` process on loopback, then, for each concurrency
+level of ``--concurrency``, runs that many clients (one channel each) in ``unary`` mode (one
+``Encode`` after another) or ``stream`` mode (one ``StreamEncode`` with an in-flight window), open
+loop or paced at ``--fps`` frames/s in total, for ``--duration`` seconds or ``--frames`` frames.
+
+Per level it reports throughput (frames/s, patches/s, MB/s on the wire), latency (avg ± std,
+p50/p90/p95/p99; from handing a frame to gRPC to receiving its result), the server-side per-stage
+split (the delta of ``pvae_stage_duration_seconds`` ``_sum``/``_count`` over the level, read from
+``--metrics-url``) and the ratio to the in-process engine, measured in the same run on the same
+frames (``pvae.serving.bench.InProcessRunner``). ``--csv``, ``--json`` and ``--plot DIR`` write the
+figures.
+
+    pvae-bench --model runs/quick/best.bundle --concurrency 1,2,4 --duration 10 --plot bench/
+    pvae-bench --server 10.0.0.5:50051 --metrics-url http://10.0.0.5:9464/metrics --mode unary
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import json
+import math
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import grpc
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from pvae.cli import run_cli
+from pvae.errors import ConfigError, MissingDependencyError
+from pvae.v1 import pvae_pb2 as pb
+from pvae.v1 import pvae_pb2_grpc as pb_grpc
+
+from .frames import frame_to_proto
+from .options import OUTPUTS, EncodeOptions, OutputName
+from .synthetic import SyntheticCamera
+
+__all__ = [
+    "BenchConfig",
+    "LevelFigures",
+    "format_report",
+    "main",
+    "parse_size",
+    "run_bench",
+    "stage_split",
+    "write_csv",
+    "write_plots",
+]
+
+Mode = Literal["unary", "stream"]
+FrameInput = Literal["jpeg", "raw"]
+#: Benchmark modes: one Encode call after another per client, or one StreamEncode per client.
+MODES: tuple[Mode, ...] = get_args(Mode)
+#: VGA (640x480), the frame size the serving targets are set for (issue 4).
+DEFAULT_SIZE = (480, 640)
+#: Outputs asked for by default: what a camera client shows (rates, spikes, reconstruction) + stats.
+DEFAULT_OUTPUTS: tuple[OutputName, ...] = ("rates", "counts", "reconstruction", "stats")
+#: Latency percentiles reported (perf_analyzer reports p50/p90/p95/p99).
+PERCENTILES = (50, 90, 95, 99)
+#: Distinct synthetic frames cycled through (encoded once, before timing).
+FRAME_POOL = 30
+#: Seconds between progress lines.
+PROGRESS_INTERVAL_S = 1.0
+#: gRPC message limit of the bench's channels: a raw 4K frame plus its outputs fit.
+MESSAGE_LIMIT_BYTES = 64 << 20
+#: Seconds to wait for a metrics scrape.
+SCRAPE_TIMEOUT_S = 10.0
+#: Stage histogram of the server (pvae.serving.metrics).
+STAGE_METRIC = "pvae_stage_duration_seconds"
+#: One megabyte (decimal, as network throughput is quoted).
+MB = 1e6
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What to run; ``pvae-bench`` flags mirror the fields one to one."""
+
+    server: str | None = None
+    """``host:port`` of a running server; None: start ``pvae-serve`` for ``model`` on loopback."""
+    metrics_url: str | None = None
+    """The server's Prometheus endpoint (``http://host:9464/metrics``) for the per-stage split; when the
+    bench starts the server it knows the URL itself."""
+    model: str | None = None
+    """Bundle or checkpoint: the server to start and the in-process baseline (default: bundled model)."""
+    mode: Mode = "stream"
+    """``unary`` (Encode) or ``stream`` (StreamEncode)."""
+    concurrency: tuple[int, ...] = (1,)
+    """Concurrent clients per level; one level per value."""
+    size: tuple[int, int] = DEFAULT_SIZE
+    """Frame (height, width) in pixels."""
+    outputs: tuple[OutputName, ...] = DEFAULT_OUTPUTS
+    """Outputs each request asks for."""
+    duration_s: float | None = None
+    """Seconds per level (open the tap, close it after this long); exclusive with ``frames``."""
+    frames: int | None = None
+    """Frames per level, shared by its clients; default 60 when ``duration_s`` is unset."""
+    fps: float | None = None
+    """Offered load in frames/s over all clients of a level (paced); None: open loop."""
+    window: int = 4
+    """In-flight frames per stream (stream mode)."""
+    input: FrameInput = "jpeg"
+    """How frames travel: ``jpeg`` (q90, as a camera client sends them) or ``raw`` (uint8 BGR)."""
+    warmup: int = 2
+    """Untimed frames per client before each level."""
+    baseline: bool = True
+    """Measure the in-process engine on the same frames (needs onnxruntime and the model)."""
+    baseline_frames: int = 10
+    """Frames of the in-process baseline."""
+    device: str = "cpu"
+    """Device of the started server and the baseline (cpu, cuda, auto)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ConfigError(f"concurrency: positive integers, got {self.concurrency}")
+        if min(self.size) < 1:
+            raise ConfigError(f"size: positive, got {self.size}")
+        if not self.outputs or any(name not in OUTPUTS for name in self.outputs):
+            raise ConfigError(f"outputs: any of {', '.join(OUTPUTS)}, got {self.outputs}")
+        if self.duration_s is not None and self.frames is not None:
+            raise ConfigError("give --duration or --frames, not both")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ConfigError(f"duration: must be > 0 seconds, got {self.duration_s}")
+        if self.frames is not None and self.frames < 1:
+            raise ConfigError(f"frames: must be >= 1, got {self.frames}")
+        if self.fps is not None and self.fps <= 0:
+            raise ConfigError(f"fps: must be > 0, got {self.fps}")
+        if self.window < 1 or self.warmup < 0 or self.baseline_frames < 1:
+            raise ConfigError("window and baseline_frames must be >= 1, warmup >= 0")
+        if self.input not in get_args(FrameInput):
+            raise ConfigError(f"input: jpeg or raw, got {self.input!r}")
+
+    @property
+    def frame_budget(self) -> int | None:
+        """Frames per level, or None when the level is timed by ``duration_s``."""
+        if self.duration_s is not None:
+            return None
+        return self.frames if self.frames is not None else 60
+
+
+@dataclass
+class LevelFigures:
+    """Raw measurements of one concurrency level."""
+
+    concurrency: int
+    latencies_s: list[float] = field(default_factory=list)
+    sent_bytes: int = 0
+    received_bytes: int = 0
+    patches: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def error(self, code: str) -> None:
+        """Count one failed frame under its status code name."""
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+    def summary(self, patches_per_frame: int) -> dict[str, Any]:
+        """The row that the report, CSV and JSON show (latencies in ms)."""
+        frames = len(self.latencies_s)
+        latencies_ms = np.asarray(self.latencies_s, dtype=np.float64) * 1e3
+        row: dict[str, Any] = {
+            "concurrency": self.concurrency, "frames": frames, "errors": sum(self.errors.values()),
+            "seconds": self.seconds, "fps": frames / self.seconds if self.seconds else 0.0,
+            "patches_per_s": frames * patches_per_frame / self.seconds if self.seconds else 0.0,
+            "mb_per_s": (self.sent_bytes + self.received_bytes) / MB / self.seconds if self.seconds else 0.0,
+            "avg_ms": float(latencies_ms.mean()) if frames else math.nan,
+            "std_ms": float(latencies_ms.std()) if frames else math.nan,
+        }
+        for q in PERCENTILES:
+            row[f"p{q}_ms"] = float(np.percentile(latencies_ms, q)) if frames else math.nan
+        return row
+
+
+# ----------------------------------------------------------------------------- server metrics
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text endpoint, keyed by (name, sorted labels)."""
+    with urllib.request.urlopen(url, timeout=SCRAPE_TIMEOUT_S) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def stage_split(before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
+                after: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[str, float]:
+    """Mean milliseconds per stage between two scrapes: delta(_sum) / delta(_count) of the stage histogram."""
+    split = {}
+    for (name, labels), value in after.items():
+        if name != f"{STAGE_METRIC}_count":
+            continue
+        count = value - before.get((name, labels), 0.0)
+        if count <= 0:
+            continue
+        sum_key = (f"{STAGE_METRIC}_sum", labels)
+        seconds = after.get(sum_key, 0.0) - before.get(sum_key, 0.0)
+        split[dict(labels)["stage"]] = seconds / count * 1e3
+    return split
+
+
+# ----------------------------------------------------------------------------- load
+
+
+class _Tickets:
+    """Frames handed out to a level's clients: a frame budget or a deadline, optionally paced."""
+
+    def __init__(self, budget: int | None, duration_s: float | None, fps: float | None) -> None:
+        self.budget = budget
+        self.fps = fps
+        self.issued = 0
+        self.started = time.perf_counter()
+        self.deadline = self.started + duration_s if duration_s is not None else math.inf
+
+    async def take(self) -> int | None:
+        """The next frame index, after waiting for its slot when paced; None when the level is over."""
+        if (self.budget is not None and self.issued >= self.budget) or time.perf_counter() >= self.deadline:
+            return None
+        index = self.issued
+        self.issued += 1
+        if self.fps is not None:  # the frame's slot in a fixed-rate schedule over all clients
+            delay = self.started + index / self.fps - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if time.perf_counter() >= self.deadline:
+                return None
+        return index
+
+
+def _channel(address: str) -> grpc.aio.Channel:
+    options = [("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
+               ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES)]
+    return grpc.aio.insecure_channel(address, options=options)
+
+
+async def _unary_client(address: str, frames: Sequence[pb.Frame], options: pb.EncodeOptions, tickets: _Tickets,
+                        figures: LevelFigures | None) -> None:
+    async with _channel(address) as channel:
+        stub = pb_grpc.EncoderStub(channel)
+        while (index := await tickets.take()) is not None:
+            request = pb.EncodeRequest(frame=frames[index % len(frames)], options=options)
+            started = time.perf_counter()
+            try:
+                response = await stub.Encode(request)
+            except grpc.aio.AioRpcError as exc:
+                if figures is not None:
+                    figures.error(exc.code().name)
+                continue
+            if figures is not None:
+                figures.latencies_s.append(time.perf_counter() - started)
+                figures.sent_bytes += request.ByteSize()
+                figures.received_bytes += response.ByteSize()
+
+
+async def _stream_client(address: str, frames: Sequence[pb.Frame], options: pb.EncodeOptions, window: int,
+                         tickets: _Tickets, figures: LevelFigures | None) -> None:
+    async with _channel(address) as channel:
+        stub = pb_grpc.EncoderStub(channel)
+        room = asyncio.Semaphore(window)
+        sent_at: dict[int, float] = {}
+
+        async def requests() -> AsyncIterator[pb.StreamEncodeRequest]:
+            first = True
+            while True:
+                await room.acquire()
+                index = await tickets.take()
+                if index is None:
+                    return
+                request = pb.StreamEncodeRequest(sequence=index, frame=frames[index % len(frames)])
+                if first:  # options and settings are sticky: first message only
+                    request.options.CopyFrom(options)
+                    request.settings.window = window
+                    first = False
+                if figures is not None:
+                    figures.sent_bytes += request.ByteSize()
+                sent_at[index] = time.perf_counter()
+                yield request
+
+        try:
+            async for response in stub.StreamEncode(requests()):
+                room.release()
+                started = sent_at.pop(response.sequence, None)
+                if figures is None:
+                    continue
+                figures.received_bytes += response.ByteSize()
+                if response.WhichOneof("outcome") == "result" and started is not None:
+                    figures.latencies_s.append(time.perf_counter() - started)
+                else:
+                    figures.error(_status_name(response.error.code) if response.HasField("error") else "UNKNOWN")
+        except grpc.aio.AioRpcError as exc:
+            if figures is not None:
+                for _ in sent_at:  # every unanswered frame of a failed stream is an error
+                    figures.error(exc.code().name)
+
+
+def _status_name(code: int) -> str:
+    return next((status.name for status in grpc.StatusCode if status.value[0] == code), str(code))
+
+
+async def _progress(figures: LevelFigures, started: float, report: Callable[[str], None]) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL_S)
+        elapsed = time.perf_counter() - started
+        report(f"  concurrency {figures.concurrency}: {len(figures.latencies_s)} frames in {elapsed:.1f} s "
+               f"({len(figures.latencies_s) / elapsed:.1f} frames/s), {sum(figures.errors.values())} errors")
+
+
+async def run_level(address: str, frames: Sequence[pb.Frame], config: BenchConfig, concurrency: int,
+                    report: Callable[[str], None] | None = None) -> LevelFigures:
+    """``concurrency`` clients for one level (after ``warmup`` untimed frames each); the raw figures."""
+    options = EncodeOptions(outputs=config.outputs, seed=1).to_proto()
+
+    def client(tickets: _Tickets, figures: LevelFigures | None) -> Any:
+        if config.mode == "unary":
+            return _unary_client(address, frames, options, tickets, figures)
+        return _stream_client(address, frames, options, config.window, tickets, figures)
+
+    if config.warmup:
+        warm = _Tickets(config.warmup * concurrency, None, None)
+        await asyncio.gather(*(client(warm, None) for _ in range(concurrency)))
+    figures = LevelFigures(concurrency)
+    tickets = _Tickets(config.frame_budget, config.duration_s, config.fps)
+    ticker = asyncio.create_task(_progress(figures, tickets.started, report)) if report else None
+    try:
+        await asyncio.gather(*(client(tickets, figures) for _ in range(concurrency)))
+    finally:
+        figures.seconds = time.perf_counter() - tickets.started
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+    return figures
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _target(config: BenchConfig) -> Iterator[tuple[str, str | None]]:
+    """(gRPC address, metrics URL): the given server, or a ``pvae-serve`` process started for the run."""
+    if config.server is not None:
+        yield config.server, config.metrics_url
+        return
+    from pvae.serving.bench import BenchConfig as ServeBenchConfig
+    from pvae.serving.bench import server_processes
+    from pvae.serving.source import resolve_bundle
+
+    bundle = resolve_bundle(config.model)
+    metrics_port = _free_port()
+    serve = ServeBenchConfig(model=str(bundle.root), device=config.device, window=config.window,
+                             extra_server_args=("--metrics-port", str(metrics_port),
+                                                "--warmup-sizes", f"{config.size[0]}x{config.size[1]}"))
+    with server_processes(serve, bundle.root) as port:
+        yield f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+
+
+def _baseline(config: BenchConfig, frames: Sequence[pb.Frame]) -> dict[str, Any]:
+    """The in-process engine (decode -> graphs -> sampler -> packing), one frame at a time, same frames."""
+    from pvae.serving.bench import BenchConfig as ServeBenchConfig
+    from pvae.serving.bench import InProcessRunner, RunFigures
+    from pvae.serving.messages import parse_options
+    from pvae.serving.source import resolve_bundle
+
+    bundle = resolve_bundle(config.model)
+    serve = ServeBenchConfig(model=str(bundle.root), device=config.device, frames=config.baseline_frames,
+                             warmup=1)
+    runner = InProcessRunner(serve, bundle.root, frames)
+    runner.spec, _ = parse_options(EncodeOptions(outputs=config.outputs, seed=1).to_proto(), 90)
+    figures = RunFigures("in-process")
+    runner.run(figures)
+    return {"frames": figures.frames, "fps": figures.fps, "p50_ms": figures.percentile_ms(50),
+            "p99_ms": figures.percentile_ms(99)}
+
+
+def _patches_per_frame(address: str, size: tuple[int, int]) -> int:
+    with grpc.insecure_channel(address) as channel:
+        info = pb_grpc.EncoderStub(channel).Info(pb.InfoRequest(), timeout=SCRAPE_TIMEOUT_S)
+    patch = info.model.patch_size
+    return (size[0] // patch) * (size[1] // patch)
+
+
+def make_frames(config: BenchConfig) -> list[pb.Frame]:
+    """The synthetic camera's frames at ``config.size``, encoded once as the bench sends them."""
+    camera = SyntheticCamera(height=config.size[0], width=config.size[1])
+    return [frame_to_proto(camera.frame(i), config.input) for i in range(FRAME_POOL)]
+
+
+def run_bench(config: BenchConfig, report: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run every concurrency level (and the baseline); the figures that ``--json`` writes."""
+    say = report or (lambda _line: None)
+    frames = make_frames(config)
+    baseline = None
+    if config.baseline and (config.server is None or config.model is not None):
+        say("in-process baseline ...")
+        baseline = _baseline(config, frames)
+        say(f"in-process baseline: {baseline['fps']:.2f} frames/s")
+    levels = []
+    with _target(config) as (address, metrics_url):
+        patches_per_frame = _patches_per_frame(address, config.size)
+        for concurrency in config.concurrency:
+            say(f"{config.mode}, concurrency {concurrency} ...")
+            before = scrape(metrics_url) if metrics_url else {}
+            figures = asyncio.run(run_level(address, frames, config, concurrency, report))
+            row = figures.summary(patches_per_frame)
+            if metrics_url:
+                row["stages_ms"] = stage_split(before, scrape(metrics_url))
+            row["vs_in_process"] = row["fps"] / baseline["fps"] if baseline else None
+            row["errors_by_code"] = dict(figures.errors)
+            levels.append(row)
+            say(f"{config.mode}, concurrency {concurrency}: {row['fps']:.2f} frames/s, p50 {row['p50_ms']:.1f} ms")
+    return {"config": {**asdict(config), "address": address, "metrics_url": metrics_url,
+                       "patches_per_frame": patches_per_frame},
+            "in_process": baseline, "levels": levels}
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def format_report(figures: dict[str, Any]) -> str:
+    """The perf_analyzer-style table of every level, the stage split and the baseline."""
+    cfg = figures["config"]
+    lines = [f"pvae-bench: {cfg['mode']} against {cfg['address']}, {cfg['size'][1]}x{cfg['size'][0]} "
+             f"{cfg['input']} frames, outputs {','.join(cfg['outputs'])}, "
+             + (f"paced at {cfg['fps']} frames/s" if cfg["fps"] else "open loop")]
+    header = (f"{'conc':>4} {'frames':>6} {'err':>4} {'frames/s':>9} {'patches/s':>10} {'MB/s':>7} "
+              f"{'avg±std ms':>15} " + " ".join(f"{f'p{q} ms':>8}" for q in PERCENTILES) + f" {'vs in-proc':>10}")
+    lines.append(header)
+    for row in figures["levels"]:
+        ratio = f"{row['vs_in_process']:.2f}" if row["vs_in_process"] is not None else "n/a"
+        lines.append(f"{row['concurrency']:>4} {row['frames']:>6} {row['errors']:>4} {row['fps']:>9.2f} "
+                     f"{row['patches_per_s']:>10.0f} {row['mb_per_s']:>7.2f} "
+                     f"{row['avg_ms']:>8.1f}±{row['std_ms']:<6.1f} "
+                     + " ".join(f"{row[f'p{q}_ms']:>8.1f}" for q in PERCENTILES) + f" {ratio:>10}")
+    for row in figures["levels"]:
+        stages = row.get("stages_ms")
+        if stages:
+            lines.append(f"server stages, concurrency {row['concurrency']} (mean ms): "
+                         + ", ".join(f"{name} {ms:.2f}" for name, ms in stages.items()))
+        if row["errors_by_code"]:
+            lines.append(f"errors, concurrency {row['concurrency']}: {row['errors_by_code']}")
+    base = figures["in_process"]
+    lines.append(f"in-process engine: {base['fps']:.2f} frames/s over {base['frames']} frames "
+                 f"(p50 {base['p50_ms']:.1f} ms)" if base
+                 else "in-process engine: not measured (--no-baseline, or --server without --model)")
+    return "\n".join(lines)
+
+
+#: CSV columns, in order (stage means are appended as stage_<name>_ms).
+CSV_COLUMNS = ("concurrency", "frames", "errors", "seconds", "fps", "patches_per_s", "mb_per_s", "avg_ms",
+               "std_ms", *(f"p{q}_ms" for q in PERCENTILES), "vs_in_process")
+
+
+def write_csv(figures: dict[str, Any], path: Path) -> None:
+    """One row per concurrency level."""
+    stages = sorted({name for row in figures["levels"] for name in row.get("stages_ms", {})})
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*CSV_COLUMNS, *(f"stage_{name}_ms" for name in stages)])
+        for row in figures["levels"]:
+            writer.writerow([row[c] for c in CSV_COLUMNS]
+                            + [row.get("stages_ms", {}).get(name, "") for name in stages])
+
+
+def write_plots(figures: dict[str, Any], directory: Path) -> list[Path]:
+    """``latency.png`` (percentiles) and ``throughput.png`` (frames/s) against concurrency."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display on servers and CI
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependencyError("--plot needs matplotlib: pip install 'pvae[train]' (or matplotlib)") from exc
+    directory.mkdir(parents=True, exist_ok=True)
+    levels = figures["levels"]
+    x = [row["concurrency"] for row in levels]
+    title = f"pvae-bench {figures['config']['mode']}, {figures['config']['size'][1]}x{figures['config']['size'][0]}"
+    paths = [directory / "latency.png", directory / "throughput.png"]
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for q in PERCENTILES:
+        ax.plot(x, [row[f"p{q}_ms"] for row in levels], marker="o", label=f"p{q}")
+    ax.set(xlabel="concurrency (clients)", ylabel="latency (ms)", title=f"{title}: latency", xticks=x)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(paths[0], dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, [row["fps"] for row in levels], marker="o", label="over gRPC")
+    if figures["in_process"]:
+        ax.axhline(figures["in_process"]["fps"], color="gray", linestyle="--", label="in-process engine")
+    ax.set(xlabel="concurrency (clients)", ylabel="frames/s", title=f"{title}: throughput", xticks=x)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(paths[1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``WxH`` (e.g. ``640x480``) as (height, width)."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError as exc:
+        raise ConfigError(f"--size: WxH such as 640x480, got {text!r}") from exc
+    return height, width
+
+
+def _parse(argv: Sequence[str] | None) -> tuple[BenchConfig, argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="pvae-bench", description=(__doc__ or "").splitlines()[0].replace("``", ""))
+    parser.add_argument("--server", default=None, help="host:port of a running pvae-serve (default: start one)")
+    parser.add_argument("--metrics-url", default=None, help="the server's /metrics URL, for the stage split")
+    parser.add_argument("--model", default=None, help="bundle dir or checkpoint (server to start; baseline)")
+    parser.add_argument("--mode", default="stream", choices=MODES,
+                        help="unary: Encode calls; stream: one StreamEncode per client (default)")
+    parser.add_argument("--concurrency", default="1", help="comma-separated client counts, e.g. 1,2,4")
+    parser.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
+    parser.add_argument("--outputs", default=",".join(DEFAULT_OUTPUTS), help=f"any of {','.join(OUTPUTS)}")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per level")
+    parser.add_argument("--frames", type=int, default=None, help="frames per level (default 60)")
+    parser.add_argument("--fps", type=float, default=None, help="paced load, frames/s in total (default open loop)")
+    parser.add_argument("--window", type=int, default=4, help="in-flight frames per stream")
+    parser.add_argument("--input", default="jpeg", choices=get_args(FrameInput),
+                        help="frames as JPEG q90 (default) or raw uint8 BGR")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed frames per client before each level")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the in-process engine run")
+    parser.add_argument("--baseline-frames", type=int, default=10, help="frames of the in-process run")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                        help="device of the started server and of the in-process engine")
+    parser.add_argument("--csv", type=Path, default=None, help="write one row per concurrency level")
+    parser.add_argument("--json", type=Path, default=None, help="write every figure and the config")
+    parser.add_argument("--plot", type=Path, default=None, help="directory for latency.png and throughput.png")
+    args = parser.parse_args(argv)
+    try:
+        concurrency = tuple(int(c) for c in args.concurrency.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--concurrency: comma-separated integers, got {args.concurrency!r}") from exc
+    outputs = tuple(name.strip() for name in args.outputs.split(",") if name.strip())
+    config = BenchConfig(
+        server=args.server, metrics_url=args.metrics_url, model=args.model, mode=args.mode, concurrency=concurrency,
+        size=parse_size(args.size), outputs=outputs,
+        duration_s=args.duration, frames=args.frames, fps=args.fps, window=args.window, input=args.input,
+        warmup=args.warmup, baseline=not args.no_baseline, baseline_frames=args.baseline_frames,
+        device=args.device)
+    return config, args
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    config, args = _parse(argv)
+    figures = run_bench(config, report=lambda line: print(line, file=sys.stderr, flush=True))
+    print(format_report(figures))
+    for path in (args.csv, args.json):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+    if args.csv is not None:
+        write_csv(figures, args.csv)
+    if args.json is not None:
+        args.json.write_text(json.dumps(figures, indent=2))
+    if args.plot is not None:
+        for path in write_plots(figures, args.plot):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point of ``pvae-bench``."""
+    return run_cli("pvae-bench", _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""pvae-bench: config checks, the stage split, pacing, and full runs against an in-process server."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pvae.bundle import Bundle
+from pvae.clients.bench import (
+    BenchConfig,
+    _Tickets,
+    format_report,
+    main,
+    parse_size,
+    run_bench,
+    scrape,
+    stage_split,
+    write_csv,
+    write_plots,
+)
+from pvae.errors import ConfigError
+from pvae.serving.config import ServeConfig
+from pvae.serving.inprocess import InProcessServer
+
+#: Small frames keep the tiny model fast: (height, width), 3 x 4 patches of 16 pixels.
+HEIGHT, WIDTH = 48, 64
+SIZE_FLAG = f"{WIDTH}x{HEIGHT}"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle: Bundle) -> Iterator[InProcessServer]:
+    config = ServeConfig(port=0, metrics_port=0, warmup_sizes=((HEIGHT, WIDTH),))
+    with InProcessServer(config, bundle=tiny_bundle) as running:
+        yield running
+
+
+def _metrics_url(server: InProcessServer) -> str:
+    assert server.running is not None and server.running.metrics_port is not None
+    return f"http://127.0.0.1:{server.running.metrics_port}/metrics"
+
+
+# ----------------------------------------------------------------------------- units
+
+
+def test_parse_size_is_width_by_height() -> None:
+    assert parse_size("640x480") == (480, 640)
+    with pytest.raises(ConfigError, match="--size"):
+        parse_size("640")
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"mode": "batch"}, "mode"),
+    ({"concurrency": (0,)}, "concurrency"),
+    ({"outputs": ("rates", "bogus")}, "outputs"),
+    ({"duration_s": 1.0, "frames": 5}, "not both"),
+    ({"fps": 0.0}, "fps"),
+    ({"window": 0}, "window"),
+])
+def test_config_rejects_bad_fields(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        BenchConfig(**kwargs)
+
+
+def test_frame_budget_defaults_to_60_unless_timed() -> None:
+    assert BenchConfig().frame_budget == 60
+    assert BenchConfig(frames=7).frame_budget == 7
+    assert BenchConfig(duration_s=2.0).frame_budget is None
+
+
+def test_stage_split_is_delta_sum_over_delta_count() -> None:
+    before = {("pvae_stage_duration_seconds_sum", (("stage", "decode"),)): 1.0,
+              ("pvae_stage_duration_seconds_count", (("stage", "decode"),)): 10.0,
+              ("pvae_stage_duration_seconds_count", (("stage", "queue"),)): 3.0}
+    after = {("pvae_stage_duration_seconds_sum", (("stage", "decode"),)): 1.5,
+             ("pvae_stage_duration_seconds_count", (("stage", "decode"),)): 20.0,
+             ("pvae_stage_duration_seconds_sum", (("stage", "queue"),)): 9.0,
+             ("pvae_stage_duration_seconds_count", (("stage", "queue"),)): 3.0}
+    # decode: 0.5 s over 10 frames = 50 ms; queue saw no new frames and is left out
+    assert stage_split(before, after) == {"decode": pytest.approx(50.0)}
+
+
+def test_tickets_budget_and_pacing() -> None:
+    async def take_all(tickets: _Tickets) -> list[int]:
+        taken = []
+        while (index := await tickets.take()) is not None:
+            taken.append(index)
+        return taken
+
+    assert asyncio.run(take_all(_Tickets(5, None, None))) == [0, 1, 2, 3, 4]
+    paced = _Tickets(5, None, 50.0)
+    assert asyncio.run(take_all(paced)) == [0, 1, 2, 3, 4]
+    # frame 4's slot is 4 / 50 s after the start: pacing can only make the run longer, never shorter
+    assert time.perf_counter() - paced.started >= 4 / 50.0
+    timed = _Tickets(None, 0.05, 50.0)  # a deadline ends a paced level too
+    assert len(asyncio.run(take_all(timed))) <= 3
+
+# ----------------------------------------------------------------------------- against a server
+
+
+@pytest.mark.parametrize("mode", ["unary", "stream"])
+def test_run_counts_every_frame_the_server_counted(server: InProcessServer, tiny_bundle: Bundle, mode: str) -> None:
+    url = _metrics_url(server)
+    frames_key = ("pvae_frames_total", (("rpc", "Encode" if mode == "unary" else "StreamEncode"),))
+    config = BenchConfig(server=server.address, metrics_url=url, model=str(tiny_bundle.root), mode=mode,
+                         concurrency=(1, 2), size=(HEIGHT, WIDTH), frames=8, warmup=1, baseline_frames=3)
+    before = scrape(url).get(frames_key, 0.0)
+    figures = run_bench(config)
+    after = scrape(url)[frames_key]
+    levels = figures["levels"]
+    assert [row["concurrency"] for row in levels] == [1, 2]
+    for row in levels:
+        assert row["frames"] == 8 and row["errors"] == 0
+        assert row["p50_ms"] <= row["p90_ms"] <= row["p95_ms"] <= row["p99_ms"]
+        assert row["patches_per_s"] == pytest.approx(row["fps"] * (HEIGHT // 16) * (WIDTH // 16))
+        assert {"decode", "inference", "end_to_end"} <= set(row["stages_ms"])
+        assert row["vs_in_process"] == pytest.approx(row["fps"] / figures["in_process"]["fps"])
+    # the timed frames plus one warm-up frame per client, all counted by the server
+    assert after - before == 2 * 8 + (1 + 2)
+    report = format_report(figures)
+    assert "p99 ms" in report and "server stages" in report and "in-process engine" in report
+
+
+def test_paced_run_is_not_faster_than_asked(server: InProcessServer) -> None:
+    fps = 20.0
+    config = BenchConfig(server=server.address, size=(HEIGHT, WIDTH), frames=6, fps=fps, warmup=0, baseline=False)
+    row = run_bench(config)["levels"][0]
+    assert row["frames"] == 6
+    assert row["seconds"] >= 5 / fps  # the 6th frame is sent 5 / fps after the first
+    assert row["vs_in_process"] is None
+
+
+def test_outputs_csv_json_and_plots(server: InProcessServer, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    config = BenchConfig(server=server.address, metrics_url=_metrics_url(server), concurrency=(1, 2),
+                         size=(HEIGHT, WIDTH), frames=4, warmup=0, baseline=False, outputs=("rates",))
+    figures = run_bench(config)
+    write_csv(figures, tmp_path / "bench.csv")
+    with (tmp_path / "bench.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["concurrency"]) for r in rows] == [1, 2]
+    assert float(rows[0]["stage_end_to_end_ms"]) > 0
+    assert not math.isnan(float(rows[1]["p99_ms"]))
+    paths = write_plots(figures, tmp_path / "plots")
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_starts_its_own_server(tiny_bundle: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "figures.json"
+    assert main(["--model", str(tiny_bundle.root), "--mode", "stream", "--concurrency", "2", "--size", SIZE_FLAG,
+                 "--frames", "6", "--baseline-frames", "2", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "frames/s" in captured.out and "concurrency 2" in captured.err  # report, then progress lines
+    figures = json.loads(out.read_text())
+    assert figures["levels"][0]["frames"] == 6
+    assert figures["config"]["metrics_url"].startswith("http://127.0.0.1:")
+    assert figures["levels"][0]["stages_ms"]["end_to_end"] > 0
+
+
+def test_cli_refuses_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--server", "127.0.0.1:1", "--frames", "3", "--duration", "1"]) == 2
+    assert "not both" in capsys.readouterr().err
