@@ -28,7 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
-from .channel import DEFAULT_TARGET, LoadBalancing, RetryPolicy
+from .channel import DEFAULT_TARGET, LoadBalancing, RetryPolicy, with_token
 from .client import HEALTH_SERVICE, MIN_ATTEMPT_SECONDS, NO_HEALTH, RETRYABLE, _Base
 from .errors import ServerUnavailable, error_from_rpc
 from .frames import DEFAULT_JPEG_QUALITY, ChannelOrder, FrameEncoding, FrameLike
@@ -164,7 +164,9 @@ class AsyncClient(_Base):
                  frame_encoding: FrameEncoding = "raw", channel_order: ChannelOrder = "bgr",
                  jpeg_quality: int = DEFAULT_JPEG_QUALITY, gray: bool = False,
                  load_balancing: LoadBalancing = "round_robin",
-                 channel_options: Sequence[tuple[str, Any]] = (), channel: grpc.aio.Channel | None = None) -> None:
+                 channel_options: Sequence[tuple[str, Any]] = (), channel: grpc.aio.Channel | None = None,
+                 token: str | None = None) -> None:
+        metadata = with_token(metadata, token)
         super().__init__(target, credentials, metadata, retry, timeout, options, frame_encoding, channel_order,
                          jpeg_quality, gray, load_balancing, channel_options)
         self._owns_channel = channel is None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
 import socket
 from collections.abc import Iterator, Sequence
@@ -33,12 +34,20 @@ from .errors import ServerUnavailable
 __all__ = [
     "DEFAULT_TARGET",
     "LOAD_BALANCING",
+    "TOKEN_ENV",
     "ChannelConfig",
     "LoadBalancing",
     "Metadata",
     "RetryPolicy",
+    "read_token",
     "tls_credentials",
+    "with_token",
 ]
+
+#: Environment variable a client reads its bearer token from when none is given.
+TOKEN_ENV = "PVAE_TOKEN"
+#: Metadata key carrying the bearer token (RFC 6750 section 2.1; gRPC keys are lower case).
+AUTHORIZATION_KEY = "authorization"
 
 #: Where ``pvae-serve`` listens by default (pvae.serving.config.ServeConfig host and port).
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -230,3 +239,32 @@ def tls_credentials(ca_cert: str | None = None, client_cert: str | None = None,
         raise ConfigError("TLS: give both a client certificate and its key, or neither")
     return grpc.ssl_channel_credentials(read(ca_cert, "CA certificate"), read(client_key, "client key"),
                                         read(client_cert, "client certificate"))
+
+
+def read_token(token: str | None = None, token_file: str | None = None,
+               env: dict[str, str] | None = None) -> str | None:
+    """The bearer token: ``token``, else the first line of ``token_file``, else ``$PVAE_TOKEN``, else None."""
+    if token is not None and token_file is not None:
+        raise ConfigError("token: give a token or a token file, not both")
+    if token is None and token_file is not None:
+        try:
+            with open(token_file, encoding="utf-8") as fh:
+                lines = [line.strip() for line in fh if line.strip() and not line.lstrip().startswith("#")]
+        except OSError as exc:
+            raise ConfigError(f"token file {token_file}: {exc.strerror}") from None
+        if not lines:
+            raise ConfigError(f"token file {token_file}: holds no token")
+        token = lines[0]
+    if token is None:
+        token = (os.environ if env is None else env).get(TOKEN_ENV) or None
+    if token is not None and (not token.strip() or any(c in token for c in "\r\n")):
+        raise ConfigError("token: must be one non-empty line")
+    return token.strip() if token is not None else None
+
+
+def with_token(metadata: Sequence[tuple[str, str]], token: str | None) -> tuple[tuple[str, str], ...]:
+    """``metadata`` plus ``authorization: Bearer <token>`` (replacing any earlier authorization entry)."""
+    pairs = tuple((str(k), str(v)) for k, v in metadata)
+    if token is None:
+        return pairs
+    return (*(p for p in pairs if p[0] != AUTHORIZATION_KEY), (AUTHORIZATION_KEY, f"Bearer {token}"))

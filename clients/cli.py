@@ -33,7 +33,7 @@ from pvae import __version__
 from pvae.cli import run_cli
 from pvae.errors import ConfigError, DataError
 
-from .channel import DEFAULT_TARGET, RetryPolicy, tls_credentials
+from .channel import DEFAULT_TARGET, TOKEN_ENV, RetryPolicy, read_token, tls_credentials
 from .client import Client
 from .errors import SourceError
 from .frames import DEFAULT_JPEG_QUALITY, FRAME_ENCODINGS
@@ -99,10 +99,17 @@ def _connection_flags() -> argparse.ArgumentParser:
                        help=f"server address host:port, a gRPC target such as dns:///pvae.ns.svc:50051, or several "
                             f"(repeat the flag or separate with commas; streams are balanced round-robin); default "
                             f"${SERVER_ENV} or {DEFAULT_TARGET}")
-    group.add_argument("--tls", action="store_true", help="use TLS (system root certificates unless --ca-cert)")
-    group.add_argument("--ca-cert", metavar="PEM", help="CA certificate to verify the server with (implies --tls)")
-    group.add_argument("--client-cert", metavar="PEM", help="client certificate for mutual TLS (implies --tls)")
-    group.add_argument("--client-key", metavar="PEM", help="client private key for mutual TLS")
+    group.add_argument("--tls", action="store_true", help="use TLS (system root certificates unless --tls-ca)")
+    group.add_argument("--tls-ca", "--ca-cert", dest="ca_cert", metavar="PEM",
+                       help="CA certificate to verify the server with (implies --tls)")
+    group.add_argument("--tls-cert", "--client-cert", dest="client_cert", metavar="PEM",
+                       help="client certificate for mutual TLS (implies --tls)")
+    group.add_argument("--tls-key", "--client-key", dest="client_key", metavar="PEM",
+                       help="client private key for mutual TLS")
+    group.add_argument("--token", metavar="TOKEN",
+                       help=f"bearer token sent as 'authorization: Bearer TOKEN' (visible in the process list: "
+                            f"prefer --token-file or ${TOKEN_ENV}, which is read when neither is given)")
+    group.add_argument("--token-file", metavar="PATH", help="file whose first line is the bearer token")
     group.add_argument("--metadata", action="append", type=_metadata_pair, default=[], metavar="KEY=VALUE",
                        help="gRPC metadata sent with every call (repeatable), e.g. authorization=Bearer...")
     group.add_argument("--connect-timeout", type=float, default=DEFAULT_CONNECT_TIMEOUT_S, metavar="S",
@@ -218,7 +225,9 @@ def _client(args: argparse.Namespace) -> Client:
     credentials = tls_credentials(args.ca_cert, args.client_cert, args.client_key) if use_tls else None
     if args.connect_timeout < 0:
         raise ConfigError(f"--connect-timeout: must be >= 0 seconds, got {args.connect_timeout}")
+    token = read_token(args.token, args.token_file)
     return Client(servers[0] if len(servers) == 1 else servers, credentials=credentials, metadata=args.metadata,
+                  token=token,
                   retry=RetryPolicy(timeout_s=args.connect_timeout),
                   frame_encoding=getattr(args, "encoding", "raw"),
                   jpeg_quality=getattr(args, "jpeg_quality", DEFAULT_JPEG_QUALITY),

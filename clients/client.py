@@ -29,7 +29,7 @@ from pvae.errors import ConfigError
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
-from .channel import DEFAULT_TARGET, ChannelConfig, LoadBalancing, RetryPolicy
+from .channel import DEFAULT_TARGET, ChannelConfig, LoadBalancing, RetryPolicy, with_token
 from .errors import ServerUnavailable, error_from_rpc
 from .frames import DEFAULT_JPEG_QUALITY, ChannelOrder, FrameEncoding, FrameLike
 from .options import EncodeOptions, Policy, StreamSettings
@@ -208,6 +208,8 @@ class Client(_Base):
         channel_options: extra gRPC channel arguments.
         channel: an already open channel to use instead of dialling (tests, custom interceptors);
             the client does not close it.
+        token: a bearer token sent as ``authorization: Bearer <token>`` with every call
+            (``pvae.clients.channel.read_token`` finds one in a file or ``$PVAE_TOKEN``).
     """
 
     def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, *,
@@ -216,7 +218,9 @@ class Client(_Base):
                  frame_encoding: FrameEncoding = "raw", channel_order: ChannelOrder = "bgr",
                  jpeg_quality: int = DEFAULT_JPEG_QUALITY, gray: bool = False,
                  load_balancing: LoadBalancing = "round_robin",
-                 channel_options: Sequence[tuple[str, Any]] = (), channel: grpc.Channel | None = None) -> None:
+                 channel_options: Sequence[tuple[str, Any]] = (), channel: grpc.Channel | None = None,
+                 token: str | None = None) -> None:
+        metadata = with_token(metadata, token)
         super().__init__(target, credentials, metadata, retry, timeout, options, frame_encoding, channel_order,
                          jpeg_quality, gray, load_balancing, channel_options)
         self._owns_channel = channel is None

@@ -103,6 +103,24 @@ class Bundle:
         return self.root / entry["file"] if entry else None
 
 
+def manifest_file_names(manifest: dict[str, Any]) -> list[str]:
+    """Every path a manifest names: checksummed files, graph files and TorchScript files."""
+    names = [str(name) for name in (manifest.get("files") or {})]
+    names += [str(spec.get("file", "")) for spec in (manifest.get("graphs") or {}).values() if isinstance(spec, dict)]
+    names += [str(entry["file"]) for entry in (manifest.get("torchscript") or {}).values()
+              if isinstance(entry, dict) and "file" in entry]
+    return names
+
+
+def check_confined(root: Path, names: list[str]) -> None:
+    """Refuse paths outside the bundle directory (``../``, absolute paths, symlinks out): a bundle from
+    an untrusted place must not make its reader open other files."""
+    base = root.resolve()
+    for name in names:
+        if Path(name).is_absolute() or not (base / name).resolve().is_relative_to(base):
+            raise BundleError(f"{root}: manifest file {name!r} lies outside the bundle directory; refused")
+
+
 def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
     """Read and validate a bundle directory: schema, required graphs, and every file's sha256."""
     root = Path(path)
@@ -129,6 +147,7 @@ def load_bundle(path: str | Path, verify_checksums: bool = True) -> Bundle:
         int(manifest["patch_size"])
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{manifest_path}: malformed manifest: missing or bad {exc}") from None
+    check_confined(root, manifest_file_names(manifest))  # before any file the manifest names is opened
     missing = [g for g in REQUIRED_GRAPHS if g not in graphs]
     if missing:
         raise BundleError(f"{manifest_path}: required graph(s) missing: {', '.join(missing)}")

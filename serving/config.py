@@ -86,6 +86,15 @@ class ServeConfig:
                 "first real frame of that size does not pay ONNX Runtime's first-run allocations"})
     drain_grace_s: float = field(default=10.0, metadata={
         "help": "on SIGTERM, how long in-flight frames may take to finish before streams are cut, seconds"})
+    tls_cert: str | None = field(default=None, metadata={
+        "help": "server certificate chain (PEM); with --tls-key the server speaks TLS only"})
+    tls_key: str | None = field(default=None, metadata={"help": "private key of --tls-cert (PEM)"})
+    tls_ca: str | None = field(default=None, metadata={
+        "help": "CA certificate(s) (PEM) that client certificates must chain to: mutual TLS, clients without "
+                "a valid certificate are refused; needs --tls-cert"})
+    auth_token_file: str | None = field(default=None, metadata={
+        "help": "file of bearer tokens, one a line ('#' comments); calls must send 'authorization: Bearer "
+                "<token>' (health checks excepted); tokens in $PVAE_AUTH_TOKENS are accepted too"})
     cache_dir: str | None = field(default=None, metadata={
         "help": "where checkpoints given to --model are exported (default: $PVAE_CACHE_DIR or "
                 "~/.cache/pvae)"})
@@ -125,6 +134,10 @@ class ServeConfig:
                    f"each size must be (height, width) >= 1, got {size}")
             _check(size[0] <= self.max_frame_height and size[1] <= self.max_frame_width, "warmup_sizes",
                    f"{size[0]}x{size[1]} exceeds max_frame_height x max_frame_width")
+        _check((self.tls_cert is None) == (self.tls_key is None), "tls_cert",
+               "give both --tls-cert and --tls-key, or neither")
+        _check(self.tls_ca is None or self.tls_cert is not None, "tls_ca",
+               "mutual TLS needs the server's own --tls-cert and --tls-key")
         _check(self.drain_grace_s >= 0.0, "drain_grace_s", f"must be >= 0 seconds, got {self.drain_grace_s}")
 
     @property

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -36,13 +36,15 @@ class InProcessServer:
     """``start_server`` on a background event loop; a context manager that drains on exit."""
 
     def __init__(self, config: ServeConfig, bundle: Bundle | None = None, registry: CollectorRegistry | None = None,
-                 warm_up: bool = True, engine: Engine | None = None, grace: float = 5.0) -> None:
+                 warm_up: bool = True, engine: Engine | None = None, grace: float = 5.0,
+                 auth_tokens: Sequence[str] | None = None) -> None:
         self.config = config
         self.registry = registry if registry is not None else CollectorRegistry()
         self.grace = grace
         self._bundle = bundle
         self._engine = engine
         self._warm_up = warm_up
+        self._auth_tokens = auth_tokens
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="pvae-inprocess-server", daemon=True)
         self.running: RunningServer | None = None
@@ -51,7 +53,7 @@ class InProcessServer:
         """Start the loop thread and the server (blocks until the server listens)."""
         self._thread.start()
         self.running = self.call(start_server(self.config, self.registry, self._bundle, warm_up=self._warm_up,
-                                              engine=self._engine))
+                                              engine=self._engine, auth_tokens=self._auth_tokens))
         return self
 
     def call(self, coroutine: Coroutine[Any, Any, T], timeout: float = START_TIMEOUT_S) -> T:

@@ -46,8 +46,16 @@ from pvae.serving.config import ServeConfig
 from pvae.serving.engine import Engine, resolve_device
 from pvae.serving.metrics import Metrics
 from pvae.serving.pipeline import Pipeline
+from pvae.serving.security import (
+    BearerTokenInterceptor,
+    check_bundle_confined,
+    insecure_bind_warning,
+    load_tokens,
+    server_credentials,
+)
 from pvae.serving.servicer import EncoderServicer
 from pvae.serving.source import resolve_bundle
+from pvae.serving.wire import MalformedMessageInterceptor
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
@@ -114,6 +122,10 @@ class RunningServer:
     """The bound /metrics HTTP port, or None when metrics HTTP is off."""
     warmup_sizes: tuple[tuple[int, int], ...] = ()
     """Frame sizes run once before SERVING."""
+    auth: BearerTokenInterceptor | None = None
+    """The bearer-token check, when tokens are configured."""
+    tls: bool = False
+    """Whether the port speaks TLS."""
     _metrics_http: Any = None
     _stopped: bool = False
 
@@ -146,14 +158,26 @@ class RunningServer:
 
 
 async def start_server(config: ServeConfig, registry: CollectorRegistry | None = None, bundle: Bundle | None = None,
-                       warm_up: bool = True, engine: Engine | None = None) -> RunningServer:
+                       warm_up: bool = True, engine: Engine | None = None,
+                       auth_tokens: Sequence[str] | None = None) -> RunningServer:
     """Build and start the server. With ``warm_up=False`` it stays NOT_SERVING until
-    ``RunningServer.warm_up()`` is awaited (tests watch the transition)."""
+    ``RunningServer.warm_up()`` is awaited (tests watch the transition). ``auth_tokens`` None reads
+    them from ``config.auth_token_file`` and ``$PVAE_AUTH_TOKENS``; empty turns auth off."""
+    # Security settings are read first, so a missing certificate fails before the model loads.
+    tokens = load_tokens(config.auth_token_file) if auth_tokens is None else tuple(auth_tokens)
+    credentials = (server_credentials(config.tls_cert, config.tls_key, config.tls_ca)
+                   if config.tls_cert is not None and config.tls_key is not None else None)
+    warning = insecure_bind_warning(config)
+    if warning is not None:
+        log.warning(warning)
+    auth = BearerTokenInterceptor(tokens) if tokens else None
     metrics = Metrics(registry if registry is not None else CollectorRegistry())
     if engine is None:
         bundle = bundle if bundle is not None else resolve_bundle(config.model, config.cache_dir)
+        check_bundle_confined(bundle)  # before ONNX Runtime opens any path the manifest names
         engine = Engine(bundle, resolve_device(config.device, config.gpu), config.intra_op_threads)
     bundle = engine.bundle
+    check_bundle_confined(bundle)
     pipeline = Pipeline(engine)
     batcher = Batcher(pipeline, config.max_batch_frames, config.max_batch_delay_s, config.max_queue_frames, metrics)
     await batcher.start()
@@ -169,7 +193,11 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
         "device": info.device,
     })
     servicer = EncoderServicer(pipeline, batcher, config, metrics, info)
-    server = grpc.aio.server(options=[
+    # Auth runs first, so an unauthenticated caller learns nothing, not even that its bytes were malformed.
+    interceptors: list[grpc.aio.ServerInterceptor] = [MalformedMessageInterceptor()]
+    if auth is not None:
+        interceptors.insert(0, auth)
+    server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
         ("grpc.max_send_message_length", config.max_send_message_bytes),
     ])
@@ -181,13 +209,16 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(config.bind_address)
+        if credentials is not None:
+            port = server.add_secure_port(config.bind_address, credentials)
+        else:
+            port = server.add_insecure_port(config.bind_address)
     except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
         await batcher.stop()
         raise ConfigError(f"port: cannot listen on {config.bind_address}: {exc}") from None
     await server.start()
     running = RunningServer(server, port, servicer, batcher, health, metrics, engine,
-                            warmup_sizes=config.warmup_sizes)
+                            warmup_sizes=config.warmup_sizes, auth=auth, tls=credentials is not None)
     if config.metrics_port is not None:
         http_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
         running._metrics_http = http_server
@@ -209,6 +240,8 @@ async def serve(config: ServeConfig) -> None:
              __version__, SERVICE_NAME, config.host, running.port, info.execution_provider, info.device,
              info.model.arch, info.model.n_latents, info.model.source_checkpoint_sha256[:12] or "?",
              f"http://{config.host}:{running.metrics_port}/metrics" if running.metrics_port else "off")
+    log.info("transport %s; bearer-token auth %s", "TLS" + (" (mutual)" if config.tls_ca else "") if running.tls
+             else "plaintext", "on" if running.auth is not None else "off")
     await stop.wait()
     log.info("draining: health NOT_SERVING, finishing in-flight frames (grace %.1f s)", config.drain_grace_s)
     await running.stop(config.drain_grace_s)

@@ -393,6 +393,8 @@ class EncoderServicer(pb_grpc.EncoderServicer):
                 stream.client_done = True
         except asyncio.CancelledError:
             raise
+        except InputError as exc:  # an undecodable message (pvae.serving.wire): the stream's framing is lost
+            stream.fatal = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except Exception as exc:  # the transport failed (e.g. a message over the size limit)
             code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.INTERNAL
             stream.fatal = (code, f"stream read failed: {exc}")

@@ -1,0 +1,105 @@
+"""Malformed protobuf on the wire gets INVALID_ARGUMENT, not gRPC's generic INTERNAL.
+
+gRPC Python answers a request it cannot deserialize with ``INTERNAL: Exception deserializing
+request!``, which reads like a server bug. This interceptor swaps each pvae.v1 method's
+deserializer for a tolerant one that returns a ``MalformedMessage`` marker, and the wrapped
+method answers the marker with INVALID_ARGUMENT naming the message type (a stream is closed with
+that status, since its framing can no longer be trusted).
+
+    >>> server = grpc.aio.server(interceptors=[MalformedMessageInterceptor()])
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from pvae.errors import InputError
+
+__all__ = ["SERVICE_PREFIX", "MalformedMessage", "MalformedMessageError", "MalformedMessageInterceptor"]
+
+#: Methods this interceptor guards: the pvae.v1 services (health and reflection keep gRPC's own).
+SERVICE_PREFIX = "/pvae.v1."
+
+
+@dataclass(frozen=True)
+class MalformedMessage:
+    """What the tolerant deserializer returns for bytes that are not a valid message."""
+
+    method: str
+    """The full method name."""
+    size: int
+    """Length of the undecodable message, bytes."""
+    reason: str
+    """The protobuf parser's complaint."""
+
+    def describe(self) -> str:
+        """The INVALID_ARGUMENT message."""
+        return (f"{self.method}: request message of {self.size} bytes is not valid protobuf for this method "
+                f"({self.reason})")
+
+
+class MalformedMessageError(InputError):
+    """Raised inside a stream's request iterator when a message was undecodable."""
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except (DecodeError, ValueError, RuntimeError) as exc:  # upb raises DecodeError; be lenient about kind
+            return MalformedMessage(method, len(data), str(exc) or type(exc).__name__)
+    return deserialize
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, MalformedMessage):
+            raise MalformedMessageError(request.describe())
+        yield request
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    deserializer = _tolerant(handler.request_deserializer, method)
+    serializer = handler.response_serializer
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, MalformedMessage):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.describe())
+            return await unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, request_deserializer=deserializer,
+                                                   response_serializer=serializer)
+    if handler.stream_stream is not None:
+        streaming = handler.stream_stream
+
+        async def stream_stream(requests: AsyncIterator[Any],
+                                context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            async for response in streaming(_checked(requests), context):
+                yield response
+
+        return grpc.stream_stream_rpc_method_handler(stream_stream, request_deserializer=deserializer,
+                                                     response_serializer=serializer)
+    return handler  # pvae.v1 has no other shapes; leave anything new to gRPC's default
+
+
+class MalformedMessageInterceptor(grpc.aio.ServerInterceptor):
+    """Give pvae.v1 methods a tolerant deserializer (see the module docstring)."""
+
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+            handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        """Wrap the handler of a pvae.v1 method; pass anything else through."""
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(SERVICE_PREFIX):
+            return handler
+        return _wrap(handler, method)
