@@ -308,7 +308,7 @@ def export_bundle(
             "package_version": __version__,
             "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "source_checkpoint": {
-                "path": str(ckpt_path.resolve()),
+                "path": ckpt_path.name,  # the file name only: no host paths in shipped bundles
                 "sha256": sha256_file(ckpt_path),
                 "step": ckpt.step,
                 "epoch": ckpt.epoch,
