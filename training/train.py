@@ -78,6 +78,8 @@ def init_distributed(device_spec: str) -> DistInfo:
         return DistInfo()
     rank = int(os.environ["RANK"])
     use_cuda = device_spec != "cpu" and torch.cuda.is_available()
+    if use_cuda:  # nccl needs each rank bound to its own GPU before the group forms
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return DistInfo(rank=rank, world_size=world)
@@ -142,8 +144,13 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt.scheduler_state)
         state = ckpt.metrics.get("trainer_state", {})
         self.order_gen.set_state(torch.as_tensor(state["order_rng"], dtype=torch.uint8))
-        self.sample_gen.set_state(torch.as_tensor(state["sample_rng"], dtype=torch.uint8).to(
-            self.sample_gen.get_state().device))
+        if self.dist.rank == 0:
+            self.sample_gen.set_state(torch.as_tensor(state["sample_rng"], dtype=torch.uint8).to(
+                self.sample_gen.get_state().device))
+        else:
+            # The checkpoint holds rank 0's sampling state only: other ranks continue on a stream of
+            # their own, derived from (seed, rank, step), so ranks never share sampling noise.
+            self.sample_gen.manual_seed(hash((self.cfg.seed, self.dist.rank, ckpt.step)) & (2**63 - 1))
         self.best = float(state["best"])
         if isinstance(self.model.latent, PoissonLatent):
             self.model.latent.n_exp = int(state["n_exp"])
@@ -233,7 +240,8 @@ class Trainer:
                 record: dict[str, Any] = {"epoch": self.epoch, "step": self.step, **stats,
                                           "epoch_seconds": elapsed,
                                           "samples_per_second": self.steps_per_epoch * cfg.batch_size / elapsed}
-                if self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs:
+                # Only rank 0 writes, so only rank 0 validates.
+                if self.dist.is_main and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
                     val = evaluate_model(self.model, self.val_x, seed=cfg.seed)
                     record.update({f"val_{k}": v for k, v in val.items()})
                     # Model selection uses the objective at the target beta, so epochs compare fairly.
