@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pvae-installed
 RUNS ?= runs
 
-.PHONY: setup demo test lint typecheck pytest model bench-train clean
+.PHONY: setup demo test lint typecheck pytest model report-quick bench-train clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
@@ -41,6 +41,10 @@ model: setup
 	$(BIN)/pvae-eval pvae/models/default.pt --json --device cpu --out docs/default-model-eval.json
 	cp $(RUNS)/default-model/basis.png docs/default-model-basis.png
 	cp $(RUNS)/default-model/curves.png docs/default-model-curves.png
+
+## report-quick: the paper-reproduction report (P-VAE vs G/L/C-VAE and sparse coding), CPU budget.
+report-quick: setup
+	$(BIN)/pvae-report --quick --out $(RUNS)/report-quick
 
 ## bench-train: training throughput, adaptive sampler vs Algorithm 1 as written.
 bench-train: setup

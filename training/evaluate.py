@@ -67,7 +67,8 @@ def evaluate_model(
         if "rate" in out.posterior.params:
             rates.append(out.posterior.params["rate"].cpu())
     kl = torch.cat(kl_rows)  # (N, K)
-    z = torch.cat(codes).numpy()  # (N, K)
+    # Sparsity is defined on activity magnitudes; signed codes (G-/L-VAE) use |z| (Poisson counts are >= 0).
+    z = np.abs(torch.cat(codes).numpy())  # (N, K)
     threshold = ACTIVE_KL_THRESHOLD[model.cfg.latent]
     metrics: dict[str, float] = {
         "n_samples": float(x.shape[0]),
@@ -120,7 +121,8 @@ def knn_few_label(
             accs.append(float(clf.score(features[held], labels[held])))
         arr = np.asarray(accs)
         ci = 1.96 * arr.std(ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else 0.0
-        results[str(n)] = {"mean": float(arr.mean()), "std": float(arr.std()), "ci95": float(ci),
+        std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+        results[str(n)] = {"mean": float(arr.mean()), "std": std, "ci95": float(ci),
                            "repeats": float(len(arr))}
     return results
 
