@@ -12,29 +12,17 @@
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
 from pvae.bundle import MANIFEST, Bundle, load_bundle, sha256_file
 from pvae.errors import BundleError, MissingDependencyError
+from pvae.paths import DEFAULT_BUNDLE_RESOURCE, DEFAULT_MODEL_RESOURCE, default_cache_dir
 
 __all__ = ["default_cache_dir", "resolve_bundle"]
 
-#: The shipped default checkpoint, relative to the pvae package (pvae.training.checkpoint
-#: DEFAULT_MODEL_RESOURCE; repeated here because that module imports torch).
-DEFAULT_MODEL_RESOURCE = "models/default.pt"
-#: A prebuilt bundle of the default model, relative to the pvae package (lets a torch-free install
-#: serve the default model).
-DEFAULT_BUNDLE_RESOURCE = "models/default_bundle"
 #: Hex digits of the checkpoint's sha256 that name its cached bundle (64 bits: collisions are moot).
 CACHE_KEY_CHARS = 16
-
-
-def default_cache_dir() -> Path:
-    """``$PVAE_CACHE_DIR`` if set, else ``~/.cache/pvae`` (the same rule as the training data cache)."""
-    env = os.environ.get("PVAE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pvae"
 
 
 def _export_checkpoint(checkpoint: Path, cache_dir: Path) -> Bundle:

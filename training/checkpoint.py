@@ -31,13 +31,12 @@ import torch
 
 from pvae import __version__
 from pvae.errors import CheckpointError, ConfigError
+from pvae.paths import DEFAULT_MODEL_RESOURCE
 from pvae.training.config import ModelConfig, TrainConfig, config_from_dict, config_to_dict
 from pvae.training.model import VAE
 
 FORMAT = "pvae-checkpoint"
 FORMAT_VERSION = 1
-#: The bundled default model (lin|lin, K=512, natural patches), trained by ``make model``.
-DEFAULT_MODEL_RESOURCE = "models/default.pt"
 
 
 @dataclass

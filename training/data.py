@@ -46,6 +46,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pvae.errors import ConfigError, DataError, InputError, MissingDependencyError
+from pvae.paths import default_cache_dir
 
 __all__ = [
     "DATASET_NAMES",
@@ -815,12 +816,6 @@ def _source_fingerprint(source: str | Path | None, max_frames: int) -> tuple[str
 # --------------------------------------------------------------------------------------------
 # Natural patches with an on-disk cache
 # --------------------------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """$PVAE_CACHE_DIR if set, else ~/.cache/pvae."""
-    env = os.environ.get("PVAE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pvae"
 
 
 def _cache_key(cfg: PatchConfig, fingerprint: Mapping[str, Any]) -> str:
