@@ -301,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT already holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    docs = _field_docs()  # parsed only when a parser is built, not on every import
     for cls, group_name in ((ModelConfig, "model"), (TrainConfig, "training")):
         group = p.add_argument_group(group_name)
         hints = typing.get_type_hints(cls)
@@ -309,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             flag = "--" + f.name.replace("_", "-")
             hint = hints[f.name]
-            doc = (_FIELD_DOCS.get(f.name) or "").replace("%", "%%")
+            doc = (docs.get(f.name) or "").replace("%", "%%")
             if hint is bool:
                 group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=doc)
             else:
@@ -334,9 +335,6 @@ def _field_docs() -> dict[str, str]:
                         and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
                     docs[a.target.id] = b.value.value
     return docs
-
-
-_FIELD_DOCS = _field_docs()
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
