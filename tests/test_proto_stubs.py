@@ -25,11 +25,24 @@ def test_stubs_import_from_the_package() -> None:
     assert hasattr(pvae_pb2_grpc, "EncoderStub") and hasattr(pvae_pb2_grpc, "add_EncoderServicer_to_server")
 
 
+def test_oip_stubs_import_from_the_package_with_relative_imports() -> None:
+    from pvae.inference import grpc_service_pb2, grpc_service_pb2_grpc, model_config_pb2
+
+    service = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert service.full_name == "inference.GRPCInferenceService"
+    assert {"ServerLive", "ServerReady", "ModelInfer", "ModelStreamInfer", "ModelConfig"} <= {
+        m.name for m in service.methods}
+    assert grpc_service_pb2.DESCRIPTOR.dependencies[0] is model_config_pb2.DESCRIPTOR
+    assert hasattr(grpc_service_pb2_grpc, "add_GRPCInferenceServiceServicer_to_server")
+
+
 def test_committed_stubs_match_a_fresh_generation(tmp_path: Path) -> None:
     pytest.importorskip("grpc_tools")
     out = tmp_path / "stubs"
     subprocess.run([sys.executable, str(GENERATE), "--out", str(out)], check=True, capture_output=True)
-    for rel in ("pvae/v1/pvae_pb2.py", "pvae/v1/pvae_pb2.pyi", "pvae/v1/pvae_pb2_grpc.py"):
+    for rel in ("pvae/v1/pvae_pb2.py", "pvae/v1/pvae_pb2.pyi", "pvae/v1/pvae_pb2_grpc.py",
+                "inference/grpc_service_pb2.py", "inference/grpc_service_pb2.pyi", "inference/grpc_service_pb2_grpc.py",
+                "inference/model_config_pb2.py", "inference/model_config_pb2.pyi"):
         fresh = (out / rel).read_bytes()
         committed = (ROOT / "protos" / rel).read_bytes()
         assert committed == fresh, f"protos/{rel} is stale: run `python protos/generate.py`"
