@@ -40,7 +40,7 @@ from pvae.serving.messages import (
     parse_patches,
     parse_stream_settings,
 )
-from pvae.serving.metrics import Metrics
+from pvae.serving.metrics import Metrics, rpc_labels
 from pvae.serving.options import MAX_SEED, OutputSpec, stream_frame_seed
 from pvae.serving.pipeline import FrameJob, PackedResult, PatchJob, Pipeline
 from pvae.v1 import pvae_pb2 as pb
@@ -225,8 +225,8 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         return job
 
     def _account(self, rpc: str, result: PackedResult) -> None:
-        self.metrics.frames.labels(rpc=rpc).inc()
-        self.metrics.patches.labels(rpc=rpc).inc(result.n_patches)
+        self.metrics.frames.labels(**rpc_labels(rpc)).inc()
+        self.metrics.patches.labels(**rpc_labels(rpc)).inc(result.n_patches)
         if result.total_spikes is not None:
             self.metrics.spikes.inc(result.total_spikes)
 
@@ -241,7 +241,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
     async def Encode(self, request: pb.EncodeRequest,
                      context: grpc.aio.ServicerContext[Any, Any]) -> pb.EncodeResponse:
         received = time.perf_counter()
-        self.metrics.received_bytes.labels(rpc=ENCODE).inc(request.ByteSize())
+        self.metrics.received_bytes.labels(**rpc_labels(ENCODE)).inc(request.ByteSize())
         try:
             self._refuse_if_unavailable()
             spec, seed = parse_options(request.options if request.HasField("options") else None,
@@ -272,7 +272,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             self.metrics.error(ENCODE, code.name)
             await context.abort(code, message)
         self._account(ENCODE, result)
-        self.metrics.sent_bytes.labels(rpc=ENCODE).inc(size)
+        self.metrics.sent_bytes.labels(**rpc_labels(ENCODE)).inc(size)
         self.metrics.observe_stage("end_to_end", time.perf_counter() - received)
         return response
 
@@ -309,7 +309,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
                         response.dropped_count = pending.count
                         response.dropped_sequences.extend(pending.sequences)
                         pending = _Drops()
-                    self.metrics.sent_bytes.labels(rpc=STREAM).inc(response.ByteSize())
+                    self.metrics.sent_bytes.labels(**rpc_labels(STREAM)).inc(response.ByteSize())
                     yield response
                     continue
                 if head is None and (stream.reader_done or stream.fatal is not None or self._draining):
@@ -361,7 +361,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             async for request in request_iterator:
                 if self._draining:
                     break
-                self.metrics.received_bytes.labels(rpc=STREAM).inc(request.ByteSize())
+                self.metrics.received_bytes.labels(**rpc_labels(STREAM)).inc(request.ByteSize())
                 frame_error: Exception | None = None
                 if first:
                     first = False

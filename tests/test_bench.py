@@ -107,7 +107,8 @@ def test_tickets_budget_and_pacing() -> None:
 @pytest.mark.parametrize("mode", ["unary", "stream"])
 def test_run_counts_every_frame_the_server_counted(server: InProcessServer, tiny_bundle: Bundle, mode: str) -> None:
     url = _metrics_url(server)
-    frames_key = ("pvae_frames_total", (("rpc", "Encode" if mode == "unary" else "StreamEncode"),))
+    rpc = "Encode" if mode == "unary" else "StreamEncode"
+    frames_key = ("pvae_frames_total", (("protocol", "pvae.v1"), ("rpc", rpc)))
     config = BenchConfig(server=server.address, metrics_url=url, model=str(tiny_bundle.root), mode=mode,
                          concurrency=(1, 2), size=(HEIGHT, WIDTH), frames=8, warmup=1, baseline_frames=3)
     before = scrape(url).get(frames_key, 0.0)

@@ -267,8 +267,8 @@ def test_streams_are_balanced_over_several_targets(server: InProcessServer, bund
             client.wait_until_ready()
             for _ in range(6):
                 assert len(list(client.stream(_frames(2), options=EncodeOptions(outputs=("counts",))))) == 2
-        served = [s.registry.get_sample_value("pvae_frames_total", {"rpc": "StreamEncode"}) or 0.0
-                  for s in (server, second)]
+        labels = {"protocol": "pvae.v1", "rpc": "StreamEncode"}
+        served = [s.registry.get_sample_value("pvae_frames_total", labels) or 0.0 for s in (server, second)]
     assert served[1] > 0 and sum(served) >= 12
 
 

@@ -61,7 +61,8 @@ def test_inference_fault_fails_only_its_batch(server: InProcessServer, channel: 
 
     outcome = fault_inference_error(server, channel)
     assert outcome.survived and "failed in-band" in outcome.detail
-    errors = server.registry.get_sample_value("pvae_errors_total", {"rpc": "StreamEncode", "code": "INTERNAL"})
+    labels = {"protocol": "pvae.v1", "rpc": "StreamEncode", "code": "INTERNAL"}
+    errors = server.registry.get_sample_value("pvae_errors_total", labels)
     assert errors is not None and errors >= 1
 
 

@@ -27,6 +27,7 @@ from pvae.errors import BundleError, DeviceError
 from pvae.serving.config import ServeConfig
 from pvae.serving.engine import CUDA_PROVIDER, DevicePlan, Engine, resolve_device
 from pvae.serving.inprocess import InProcessServer
+from pvae.serving.metrics import PROTOCOLS
 from pvae.serving.options import FloatFormat
 from pvae.serving.pack import (
     DenseCountsPacked,
@@ -149,6 +150,8 @@ def floats_of(data: bytes, result: pb.EncodeResult) -> np.ndarray:
 
 
 def sample(registry: Any, name: str, **labels: str) -> float:
+    if "rpc" in labels:  # per-RPC counters also carry the protocol
+        labels = {"protocol": PROTOCOLS[labels["rpc"]], **labels}
     return float(registry.get_sample_value(name, labels) or 0.0)
 
 
@@ -563,7 +566,7 @@ def test_metrics_are_recorded_and_exposed(stub: pb_grpc.EncoderStub, server: InP
     assert server.running is not None and server.running.metrics_port
     with urllib.request.urlopen(f"http://127.0.0.1:{server.running.metrics_port}/metrics", timeout=10) as page:
         text = page.read().decode()
-    assert 'pvae_frames_total{rpc="Encode"}' in text and "pvae_active_streams" in text
+    assert 'pvae_frames_total{protocol="pvae.v1",rpc="Encode"}' in text and "pvae_active_streams" in text
 
 
 # ----------------------------------------------------------------------------- shutdown
