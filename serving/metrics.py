@@ -26,7 +26,7 @@ pvae_dropped_frames_total                counter                  frames dropped
 pvae_batch_size_frames                   histogram                frames per inference call
 pvae_queue_depth_frames                  gauge                    frames waiting for inference
 pvae_inflight_frames                     gauge                    frames received and not yet answered
-pvae_active_streams                      gauge                    open StreamEncode calls
+pvae_active_streams                      gauge                    open StreamEncode and ModelStreamInfer calls
 pvae_ready                               gauge                    1 when health is SERVING, else 0
 pvae_model_info                          info       arch, ...     the loaded model and device
 """
@@ -76,7 +76,8 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=registry)
         self.queue_depth = Gauge("pvae_queue_depth_frames", "Frames waiting for inference", registry=registry)
         self.inflight = Gauge("pvae_inflight_frames", "Frames received and not yet answered", registry=registry)
-        self.active_streams = Gauge("pvae_active_streams", "Open StreamEncode calls", registry=registry)
+        self.active_streams = Gauge("pvae_active_streams", "Open streams (StreamEncode and ModelStreamInfer)",
+                                    registry=registry)
         self.ready = Gauge("pvae_ready", "1 when the health status is SERVING, else 0", registry=registry)
         self.model_info = Info("pvae_model", "The loaded model and where it runs", registry=registry)
         for stage in STAGES:  # expose every series from the start, so dashboards see zeros, not gaps

@@ -44,6 +44,8 @@ class CountFormat(Enum):
 
     SPARSE = "sparse"
     DENSE_U8 = "dense_u8"
+    DENSE_I32 = "dense_i32"
+    """Exact int32 (n_patches, K), little-endian: the Open Inference Protocol's ``counts`` (not in pvae.v1)."""
 
 
 class ImageEncoding(Enum):

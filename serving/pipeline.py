@@ -40,6 +40,7 @@ __all__ = [
     "PackedResult",
     "PatchJob",
     "Pipeline",
+    "SampleJob",
     "StageTimes",
 ]
 
@@ -93,7 +94,24 @@ class PatchJob:
         return self
 
 
-Job = FrameJob | PatchJob
+@dataclass(eq=False)
+class SampleJob:
+    """Rates to draw counts from, with one seed (the Open Inference Protocol's ``pvae_counts``)."""
+
+    rates: np.ndarray
+    """float32 (N, K), finite and >= 0."""
+    spec: OutputSpec
+    seed: int
+    times: StageTimes = field(default_factory=StageTimes)
+    started: bool = False
+
+    @property
+    def key(self) -> object:
+        """A sampling request is a call of its own (one seed per request)."""
+        return self
+
+
+Job = FrameJob | PatchJob | SampleJob
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,8 @@ class PackedResult:
     preprocessed: PackedImage | None = None
     reconstruction_patches: bytes | None = None
     stats: FrameStatistics | None = None
+    counts_i32: bytes | None = None
+    """Dense int32 (n_patches, K) counts, little-endian (CountFormat.DENSE_I32)."""
     total_spikes: int | None = None
     """Sum of the counts, when counts were drawn."""
     times: StageTimes = field(default_factory=StageTimes)
@@ -176,7 +196,11 @@ class Pipeline:
             raise ValueError("infer needs at least one job")
         start = time.perf_counter()
         first = jobs[0]
-        if isinstance(first, PatchJob):
+        if isinstance(first, SampleJob):  # nothing to infer: the sampler runs per job in `finish`
+            if len(jobs) != 1:
+                raise ValueError("a sample job is a call of its own")
+            result = InferredBatch(jobs)
+        elif isinstance(first, PatchJob):
             if len(jobs) != 1:
                 raise ValueError("a patch job is an inference call of its own")
             log_rates, rates = self.engine.run_patches(first.patches)
@@ -201,6 +225,8 @@ class Pipeline:
     def finish(self, inferred: InferredBatch, index: int) -> PackedResult:
         """Sample and pack job ``index`` of an inferred batch."""
         job = inferred.jobs[index]
+        if isinstance(job, SampleJob):
+            return self._finish_sample(job)
         if isinstance(job, PatchJob):
             return self._finish_patches(job, inferred.patch_outputs)
         assert inferred.frames is not None  # frame jobs always carry frame outputs
@@ -265,13 +291,29 @@ class Pipeline:
         job.times.packing = time.perf_counter() - start
         return result
 
+    def _finish_sample(self, job: SampleJob) -> PackedResult:
+        rates = job.rates
+        result = PackedResult(n_patches=int(rates.shape[0]), n_latents=int(rates.shape[1]),
+                              float_format=job.spec.float_format, times=job.times, seed=job.seed)
+        start = time.perf_counter()
+        counts = self.engine.sample_rates(rates, job.seed)
+        job.times.sampling = time.perf_counter() - start
+        start = time.perf_counter()
+        self._pack_common(result, job.spec, rates, None, counts)
+        job.times.packing = time.perf_counter() - start
+        return result
+
     def _pack_common(self, result: PackedResult, spec: OutputSpec, rates: np.ndarray | None,
                      log_rates: np.ndarray | None, counts: np.ndarray | None) -> None:
         if spec.wants(Output.RATES) and rates is not None:
             result.rates = self._floats(rates, spec.float_format)
         if log_rates is not None:
             result.log_rates = self._floats(log_rates, spec.float_format)
-        if counts is not None and rates is not None:
+        if counts is not None and spec.count_format is CountFormat.DENSE_I32:
+            result.total_spikes = int(counts.sum(dtype=np.int64))
+            if spec.wants(Output.COUNTS):
+                result.counts_i32 = np.ascontiguousarray(counts, dtype="<i4").tobytes()
+        elif counts is not None and rates is not None:
             sparse = spec.count_format is CountFormat.SPARSE
             # The nonzero events serve both the sparse packing and the statistics: find them once.
             events = frame_events(counts) if sparse or spec.wants(Output.STATS) else None

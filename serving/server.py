@@ -1,5 +1,8 @@
 """``pvae-serve``: the gRPC server, its health and reflection services, metrics and graceful drain.
 
+One port serves pvae.v1.Encoder and the Open Inference Protocol (``inference.GRPCInferenceService``,
+pvae.serving.oip), plus grpc.health.v1 and reflection.
+
 Start-up order: load the bundle and create the ONNX Runtime sessions; start gRPC with health
 NOT_SERVING (so probes get an answer, and Encode gets UNAVAILABLE); warm every graph up; then
 flip health to SERVING. On SIGTERM (or SIGINT): health NOT_SERVING at once, streams stop
@@ -41,10 +44,13 @@ from pvae import __version__
 from pvae.bundle import Bundle
 from pvae.cli import run_cli
 from pvae.errors import ConfigError
+from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 from pvae.serving.batcher import Batcher
 from pvae.serving.config import ServeConfig
 from pvae.serving.engine import Engine, resolve_device
 from pvae.serving.metrics import Metrics
+from pvae.serving.oip import SERVICE_NAME as OIP_SERVICE_NAME
+from pvae.serving.oip import InferenceServicer
 from pvae.serving.pipeline import Pipeline
 from pvae.serving.security import (
     BearerTokenInterceptor,
@@ -65,8 +71,8 @@ log = logging.getLogger("pvae.serving")
 
 #: Full name of the service, as health checks and reflection know it.
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Encoder"].full_name
-#: Health entries kept: the server as a whole ("") and the encoder service.
-HEALTH_SERVICES = ("", SERVICE_NAME)
+#: Health entries kept: the server as a whole ("") and each inference service.
+HEALTH_SERVICES = ("", SERVICE_NAME, OIP_SERVICE_NAME)
 
 
 def _info(bundle: Bundle, engine: Engine, config: ServeConfig) -> pb.InfoResponse:
@@ -114,6 +120,8 @@ class RunningServer:
     port: int
     """The bound gRPC port (useful with port 0)."""
     servicer: EncoderServicer
+    oip: InferenceServicer
+    """The Open Inference Protocol service (same pipeline, limits and readiness)."""
     batcher: Batcher
     health: HealthServicer
     metrics: Metrics
@@ -145,6 +153,7 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
         self.servicer.begin_drain()
+        self.oip.begin_drain()
         await self.server.stop(grace)  # refuses new RPCs; cancels what still runs after `grace`
         await self.batcher.stop()
         self.servicer.close()
@@ -202,12 +211,15 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
         ("grpc.max_send_message_length", config.max_send_message_bytes),
     ])
     pb_grpc.add_EncoderServicer_to_server(servicer, server)
+    oip = InferenceServicer(servicer)
+    oip_grpc.add_GRPCInferenceServiceServicer_to_server(oip, server)
     health = HealthServicer()
     for service in HEALTH_SERVICES:
         await health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, OIP_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
     try:
         if credentials is not None:
             port = server.add_secure_port(config.bind_address, credentials)
@@ -217,7 +229,7 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
         await batcher.stop()
         raise ConfigError(f"port: cannot listen on {config.bind_address}: {exc}") from None
     await server.start()
-    running = RunningServer(server, port, servicer, batcher, health, metrics, engine,
+    running = RunningServer(server, port, servicer, oip, batcher, health, metrics, engine,
                             warmup_sizes=config.warmup_sizes, auth=auth, tls=credentials is not None)
     if config.metrics_port is not None:
         http_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
@@ -236,8 +248,9 @@ async def serve(config: ServeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     info = running.servicer.info
-    log.info("pvae-serve %s: %s on %s:%d (%s, %s; model %s K=%d, checkpoint %s); metrics %s",
-             __version__, SERVICE_NAME, config.host, running.port, info.execution_provider, info.device,
+    log.info("pvae-serve %s: %s and %s on %s:%d (%s, %s; model %s K=%d, checkpoint %s); metrics %s",
+             __version__, SERVICE_NAME, OIP_SERVICE_NAME, config.host, running.port, info.execution_provider,
+             info.device,
              info.model.arch, info.model.n_latents, info.model.source_checkpoint_sha256[:12] or "?",
              f"http://{config.host}:{running.metrics_port}/metrics" if running.metrics_port else "off")
     log.info("transport %s; bearer-token auth %s", "TLS" + (" (mutual)" if config.tls_ca else "") if running.tls
@@ -266,7 +279,9 @@ def _metrics_port(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per ServeConfig field (``max_batch_frames`` -> ``--max-batch-frames``)."""
-    parser = argparse.ArgumentParser(prog="pvae-serve", description="Serve a P-VAE bundle over gRPC (pvae.v1.Encoder).",
+    parser = argparse.ArgumentParser(prog="pvae-serve",
+                                     description="Serve a P-VAE bundle over gRPC: pvae.v1.Encoder and the Open "
+                                     "Inference Protocol (inference.GRPCInferenceService), on one port.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(ServeConfig)
     for f in dataclasses.fields(ServeConfig):

@@ -46,7 +46,7 @@ from pvae.serving.pipeline import FrameJob, PackedResult, PatchJob, Pipeline
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
-__all__ = ["MAX_REPORTED_DROPS", "EncoderServicer", "status_for"]
+__all__ = ["MAX_REPORTED_DROPS", "EncoderServicer", "cancel_code", "status_for"]
 
 #: Sequence numbers listed per drop report (pvae.proto StreamEncodeResponse.dropped_sequences).
 MAX_REPORTED_DROPS = 64
@@ -71,7 +71,7 @@ def _code_number(code: grpc.StatusCode) -> int:
     return int(code.value[0])
 
 
-def _cancel_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+def cancel_code(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     """Why a call was cut short: its deadline passed, or the client cancelled it."""
     remaining = context.time_remaining()
     return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
@@ -191,6 +191,11 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             stream.changed.notify()
 
     @property
+    def ready(self) -> bool:
+        """Serving: warmed up and not draining."""
+        return self._ready and not self._draining
+
+    @property
     def active_streams(self) -> int:
         """Open StreamEncode calls."""
         return len(self._streams)
@@ -199,7 +204,8 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         """Release the decode threads."""
         self._decode_pool.shutdown(wait=False, cancel_futures=True)
 
-    def _refuse_if_unavailable(self) -> None:
+    def check_available(self) -> None:
+        """Raise UnavailableError while warming up or draining."""
         if self._draining:
             raise UnavailableError("server is draining (shutting down); reconnect to another replica")
         if not self._ready:
@@ -224,13 +230,15 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         self.metrics.observe_stage("decode", job.times.decode)
         return job
 
-    def _account(self, rpc: str, result: PackedResult) -> None:
+    def account(self, rpc: str, result: PackedResult) -> None:
+        """Count a served frame (or request) in the metrics."""
         self.metrics.frames.labels(**rpc_labels(rpc)).inc()
         self.metrics.patches.labels(**rpc_labels(rpc)).inc(result.n_patches)
         if result.total_spikes is not None:
             self.metrics.spikes.inc(result.total_spikes)
 
-    def _check_size(self, size: int) -> None:
+    def check_size(self, size: int) -> None:
+        """Raise PayloadTooLargeError when a response of ``size`` bytes would exceed the send limit."""
         if size > self.config.max_send_message_bytes:
             raise PayloadTooLargeError(f"the response would be {size} bytes, over the server's "
                                        f"max_send_message_bytes={self.config.max_send_message_bytes}; ask for "
@@ -243,7 +251,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         received = time.perf_counter()
         self.metrics.received_bytes.labels(**rpc_labels(ENCODE)).inc(request.ByteSize())
         try:
-            self._refuse_if_unavailable()
+            self.check_available()
             spec, seed = parse_options(request.options if request.HasField("options") else None,
                                        self.config.default_jpeg_quality)
             seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
@@ -261,9 +269,9 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             response = pb.EncodeResponse()
             fill_result(response.result, result, time.perf_counter() - received)
             size = response.ByteSize()
-            self._check_size(size)
+            self.check_size(size)
         except asyncio.CancelledError:  # the client cancelled, or the deadline passed
-            self.metrics.error(ENCODE, _cancel_code(context))
+            self.metrics.error(ENCODE, cancel_code(context))
             raise
         except grpc.aio.AbortError:
             raise
@@ -271,7 +279,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             code, message = status_for(exc)
             self.metrics.error(ENCODE, code.name)
             await context.abort(code, message)
-        self._account(ENCODE, result)
+        self.account(ENCODE, result)
         self.metrics.sent_bytes.labels(**rpc_labels(ENCODE)).inc(size)
         self.metrics.observe_stage("end_to_end", time.perf_counter() - received)
         return response
@@ -332,7 +340,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     "server is draining (shutting down); reconnect to another replica")
         except (asyncio.CancelledError, GeneratorExit):  # the client went away, or the deadline passed
-            self.metrics.error(STREAM, _cancel_code(context))
+            self.metrics.error(STREAM, cancel_code(context))
             raise
         finally:
             reader.cancel()
@@ -477,7 +485,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             entry.job = job
             result = await self.batcher.submit(job, wait=wait)
             fill_result(response.result, result, time.perf_counter() - received)
-            self._check_size(response.ByteSize())
+            self.check_size(response.ByteSize())
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -487,6 +495,6 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             response.error.code = _code_number(code)
             response.error.message = message
             return response
-        self._account(STREAM, result)
+        self.account(STREAM, result)
         self.metrics.observe_stage("end_to_end", time.perf_counter() - received)
         return response

@@ -1,8 +1,9 @@
 """Malformed protobuf on the wire gets INVALID_ARGUMENT, not gRPC's generic INTERNAL.
 
 gRPC Python answers a request it cannot deserialize with ``INTERNAL: Exception deserializing
-request!``, which reads like a server bug. This interceptor swaps each pvae.v1 method's
-deserializer for a tolerant one that returns a ``MalformedMessage`` marker, and the wrapped
+request!``, which reads like a server bug. This interceptor swaps the deserializer of each
+pvae.v1 and Open Inference Protocol method for a tolerant one that returns a ``MalformedMessage``
+marker, and the wrapped
 method answers the marker with INVALID_ARGUMENT naming the message type (a stream is closed with
 that status, since its framing can no longer be trusted).
 
@@ -22,8 +23,8 @@ from pvae.errors import InputError
 
 __all__ = ["SERVICE_PREFIX", "MalformedMessage", "MalformedMessageError", "MalformedMessageInterceptor"]
 
-#: Methods this interceptor guards: the pvae.v1 services (health and reflection keep gRPC's own).
-SERVICE_PREFIX = "/pvae.v1."
+#: Methods this interceptor guards: pvae.v1 and the Open Inference Protocol (health and reflection keep gRPC's own).
+SERVICE_PREFIX = ("/pvae.v1.", "/inference.GRPCInferenceService/")
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,16 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, request_deserializer=deserializer,
                                                      response_serializer=serializer)
-    return handler  # pvae.v1 has no other shapes; leave anything new to gRPC's default
+    return handler  # the guarded services have no other shapes; leave anything new to gRPC's default
 
 
 class MalformedMessageInterceptor(grpc.aio.ServerInterceptor):
-    """Give pvae.v1 methods a tolerant deserializer (see the module docstring)."""
+    """Give the guarded methods a tolerant deserializer (see the module docstring)."""
 
     async def intercept_service(
             self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
             handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-        """Wrap the handler of a pvae.v1 method; pass anything else through."""
+        """Wrap the handler of a guarded method; pass anything else through."""
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or not method.startswith(SERVICE_PREFIX):

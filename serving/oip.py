@@ -1,0 +1,639 @@
+"""The Open Inference Protocol (KServe v2) over gRPC: ``inference.GRPCInferenceService``.
+
+It runs on the same port as pvae.v1, so ``tritonclient.grpc``, ``perf_analyzer`` and KServe work
+with ``pvae-serve`` unchanged. The bundle's graphs are exposed as three models (K = n_latents,
+D = patch_size**2 = 256 for the shipped models):
+
+    model        inputs                                     outputs
+    pvae_rates   patches FP32 [-1, D]                       rates FP16 [-1, K], log_rates FP16 [-1, K]
+    pvae_counts  rates FP32 [-1, K], seed INT64 [1]         counts INT32 [-1, K]
+    pvae_frame   frame UINT8 [-1, -1],                      rates FP16 [R*C, K], log_rates FP16 [R*C, K],
+                 seed INT64 [1] (optional)                  counts INT32 [R*C, K], reconstruction UINT8 [H, W]
+
+The wire format (README "Open Inference Protocol"):
+- Inputs come as ``raw_input_contents`` (one entry per input, little-endian, C order) or as typed
+  ``contents`` (``fp32_contents``, ``int64_contents``, ``uint_contents``); FP16 only raw.
+- Outputs always come back as ``raw_output_contents``, one per returned output, in the order of the
+  request's ``outputs`` (all of the model's outputs, in the order above, when it names none).
+- Rates and log-rates are FP16 by default: half the bytes, relative error <= 2^-11. The request
+  parameter ``float_format: "fp32"`` returns them as FP32, bit-equal to the bundle's graphs.
+- Counts are exact Poisson draws, INT32 (no saturation). The seed (0 .. 2^63 - 1) makes them
+  reproducible: the same rates and seed give the same counts on every device. ``pvae_counts``
+  requires it; ``pvae_frame`` draws a random one when it is absent. Either way the response
+  parameter ``seed`` reports it (``pvae_frame`` also reports ``grid_rows`` and ``grid_cols``).
+
+Requests share everything with pvae.v1: the batcher (``pvae_frame`` frames of one size from any
+caller share an inference call), the limits, the readiness and drain, and the metrics (label
+``protocol="oip"``, ``rpc`` ModelInfer or ModelStreamInfer). Status codes: an unknown model or
+version NOT_FOUND; a bad datatype, shape, byte length, output name or parameter INVALID_ARGUMENT,
+naming the tensor; overload or an oversized payload RESOURCE_EXHAUSTED; warm-up and drain
+UNAVAILABLE. ModelStreamInfer answers every request in order; a failed request is answered
+in-band (``error_message``, prefixed with the status code name) and the stream goes on.
+
+    >>> oip = InferenceServicer(encoder)          # shares the encoder servicer's pipeline and state
+    >>> grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(oip, server)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from pvae import __version__
+from pvae.errors import InputError
+from pvae.export.sampler import MAX_RATE
+from pvae.inference import grpc_service_pb2 as oip
+from pvae.inference import grpc_service_pb2_grpc as oip_grpc
+from pvae.inference import model_config_pb2 as mc
+from pvae.serving.decode import check_dimensions
+from pvae.serving.errors import PayloadTooLargeError, UnavailableError
+from pvae.serving.metrics import rpc_labels
+from pvae.serving.options import MAX_SEED, CountFormat, FloatFormat, ImageEncoding, Output, OutputSpec
+from pvae.serving.pipeline import FrameJob, Job, PackedResult, PatchJob, SampleJob
+from pvae.serving.servicer import EncoderServicer, cancel_code, status_for
+
+__all__ = [
+    "DATATYPES",
+    "MODEL_NAMES",
+    "MODEL_VERSION",
+    "SERVICE_NAME",
+    "InferenceServicer",
+    "ModelNotFoundError",
+    "ModelSpec",
+    "TensorSpec",
+    "model_specs",
+]
+
+#: The full service name, as health checks and reflection know it.
+SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+#: The only version of each model (a server serves one bundle).
+MODEL_VERSION = "1"
+#: Exposed models, in listing order.
+MODEL_NAMES = ("pvae_rates", "pvae_counts", "pvae_frame")
+UNARY = "ModelInfer"
+STREAM = "ModelStreamInfer"
+#: OIP datatype -> (numpy dtype, typed-contents field or None when only raw is accepted, config enum).
+DATATYPES: dict[str, tuple[np.dtype[Any], str | None, int]] = {
+    "FP32": (np.dtype("<f4"), "fp32_contents", mc.TYPE_FP32),
+    "FP16": (np.dtype("<f2"), None, mc.TYPE_FP16),
+    "INT64": (np.dtype("<i8"), "int64_contents", mc.TYPE_INT64),
+    "INT32": (np.dtype("<i4"), "int_contents", mc.TYPE_INT32),
+    "UINT8": (np.dtype("u1"), "uint_contents", mc.TYPE_UINT8),
+}
+_FLOAT_DATATYPE = {FloatFormat.FP16: "FP16", FloatFormat.FP32: "FP32"}
+#: Request parameter that picks the precision of rates and log-rates.
+FLOAT_FORMAT_PARAMETER = "float_format"
+
+
+class ModelNotFoundError(InputError):
+    """The request names a model or version this server does not serve (NOT_FOUND)."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of an exposed model, as ModelMetadata and ModelConfig describe it."""
+
+    name: str
+    datatype: str
+    """OIP datatype string (FP32, FP16, INT64, INT32, UINT8); outputs FP16 may be returned as FP32."""
+    shape: tuple[int, ...]
+    """-1 for a dimension the request chooses."""
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One exposed model."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    description: str
+
+    def output(self, name: str) -> TensorSpec | None:
+        return next((t for t in self.outputs if t.name == name), None)
+
+
+def model_specs(n_latents: int, patch_dim: int) -> dict[str, ModelSpec]:
+    """The three models for a bundle with ``n_latents`` latents and ``patch_dim``-pixel patches."""
+    k = n_latents
+    rates = TensorSpec("rates", "FP16", (-1, k))
+    log_rates = TensorSpec("log_rates", "FP16", (-1, k))
+    counts = TensorSpec("counts", "INT32", (-1, k))
+    seed = TensorSpec("seed", "INT64", (1,))
+    specs = (
+        ModelSpec("pvae_rates", (TensorSpec("patches", "FP32", (-1, patch_dim)),), (rates, log_rates),
+                  "model-space patches -> Poisson firing rates and log-rates (the deterministic rate path)"),
+        ModelSpec("pvae_counts", (TensorSpec("rates", "FP32", (-1, k)), seed), (counts,),
+                  "rates and a seed -> exact Poisson spike counts (the bundle's counter-based sampler)"),
+        ModelSpec("pvae_frame", (TensorSpec("frame", "UINT8", (-1, -1)), TensorSpec("seed", "INT64", (1,), True)),
+                  (rates, log_rates, counts, TensorSpec("reconstruction", "UINT8", (-1, -1))),
+                  "one grayscale uint8 frame -> patch-wise rates, spike counts and the mean reconstruction"),
+    )
+    return {spec.name: spec for spec in specs}
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def _tensor_error(kind: str, name: str, problem: str) -> InputError:
+    return InputError(f"{kind} '{name}': {problem}")
+
+
+def _float_format(parameters: Any) -> FloatFormat:
+    if FLOAT_FORMAT_PARAMETER not in parameters:
+        return FloatFormat.FP16
+    value = parameters[FLOAT_FORMAT_PARAMETER].string_param.lower()
+    try:
+        return FloatFormat(value)
+    except ValueError:
+        raise InputError(f"parameter '{FLOAT_FORMAT_PARAMETER}': must be the string \"fp16\" or \"fp32\", "
+                         f"got {value!r}") from None
+
+
+def _requested_outputs(request: oip.ModelInferRequest, model: ModelSpec) -> list[TensorSpec]:
+    if not request.outputs:
+        return list(model.outputs)
+    wanted: list[TensorSpec] = []
+    for requested in request.outputs:
+        spec = model.output(requested.name)
+        if spec is None:
+            names = ", ".join(t.name for t in model.outputs)
+            raise _tensor_error("output", requested.name, f"model {model.name} has no such output (it has {names})")
+        if spec in wanted:
+            raise _tensor_error("output", requested.name, "requested twice")
+        wanted.append(spec)
+    return wanted
+
+
+def _shape(tensor: Any, spec: TensorSpec) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in tensor.shape)
+    expected = "[" + ", ".join(str(d) for d in spec.shape) + "]"
+    if len(shape) != len(spec.shape):
+        raise _tensor_error("input", spec.name, f"shape {list(shape)} has {len(shape)} dimensions; the model "
+                            f"expects {len(spec.shape)}: {expected}")
+    for got, want in zip(shape, spec.shape, strict=True):
+        if got < 0:
+            raise _tensor_error("input", spec.name, f"shape {list(shape)} has a negative dimension")
+        if want >= 0 and got != want:
+            raise _tensor_error("input", spec.name, f"shape {list(shape)} does not match the model's {expected}")
+    return shape
+
+
+def read_inputs(request: oip.ModelInferRequest, model: ModelSpec, max_bytes: int) -> dict[str, np.ndarray]:
+    """The request's input tensors as arrays of the declared dtype and shape (InputError otherwise).
+
+    Sizes are checked before anything is allocated: a tensor over ``max_bytes`` is refused with
+    PayloadTooLargeError, whatever its dims claim.
+    """
+    declared = {t.name: t for t in model.inputs}
+    raw = request.raw_input_contents
+    n_raw = len(raw)
+    if n_raw and n_raw != len(request.inputs):
+        raise InputError(f"raw_input_contents: {n_raw} entries for {len(request.inputs)} inputs; send one entry "
+                         "per input, in the order of the inputs (or none, with typed contents)")
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(request.inputs):
+        spec = declared.get(tensor.name)
+        if spec is None:
+            names = ", ".join(declared)
+            raise _tensor_error("input", tensor.name, f"model {model.name} has no such input (it has {names})")
+        if tensor.name in arrays:
+            raise _tensor_error("input", tensor.name, "given twice")
+        if tensor.datatype != spec.datatype:
+            raise _tensor_error("input", spec.name, f"datatype {tensor.datatype!r} does not match the model's "
+                                f"{spec.datatype}")
+        shape = _shape(tensor, spec)
+        dtype, contents_field, _ = DATATYPES[spec.datatype]
+        count = math.prod(shape)
+        nbytes = count * dtype.itemsize
+        if nbytes > max_bytes:
+            raise PayloadTooLargeError(f"input '{spec.name}': shape {list(shape)} is {nbytes} bytes, over the "
+                                       f"server's limit of {max_bytes} bytes per tensor")
+        if n_raw:
+            if tensor.HasField("contents"):
+                raise _tensor_error("input", spec.name, "has typed contents although the request uses "
+                                    "raw_input_contents; use one or the other")
+            data = raw[index]
+            if len(data) != nbytes:
+                raise _tensor_error("input", spec.name, f"raw_input_contents[{index}] holds {len(data)} bytes; "
+                                    f"shape {list(shape)} of {spec.datatype} needs {nbytes}")
+            array = np.frombuffer(data, dtype=dtype).reshape(shape)
+        else:
+            if contents_field is None:
+                raise _tensor_error("input", spec.name, f"{spec.datatype} data must be sent as raw_input_contents")
+            values = getattr(tensor.contents, contents_field)
+            if len(values) != count:
+                raise _tensor_error("input", spec.name, f"contents.{contents_field} holds {len(values)} values; "
+                                    f"shape {list(shape)} needs {count}")
+            if spec.datatype == "UINT8" and count and max(values) > 255:
+                raise _tensor_error("input", spec.name, "contents.uint_contents holds values above 255 for UINT8")
+            array = np.array(values, dtype=dtype).reshape(shape)
+        arrays[spec.name] = array
+    for spec in model.inputs:
+        if spec.name not in arrays and not spec.optional:
+            raise _tensor_error("input", spec.name, f"missing: model {model.name} requires it")
+    return arrays
+
+
+def _rows(array: np.ndarray, name: str, max_rows: int) -> None:
+    if not 1 <= array.shape[0] <= max_rows:
+        raise _tensor_error("input", name, f"has {array.shape[0]} rows; the server accepts 1..{max_rows} "
+                            "(max_patches)")
+
+
+def _seed(arrays: dict[str, np.ndarray]) -> int | None:
+    if "seed" not in arrays:
+        return None
+    seed = int(arrays["seed"].reshape(-1)[0])
+    if seed < 0:
+        raise _tensor_error("input", "seed", f"must be 0 .. {MAX_SEED}, got {seed}")
+    return seed
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+@dataclass
+class _Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.ns += int(seconds * 1e9)
+
+    def message(self) -> oip.StatisticDuration:
+        return oip.StatisticDuration(count=self.count, ns=self.ns)
+
+
+@dataclass
+class _ModelStats:
+    """What ModelStatistics reports for one model (Triton's fields; nanoseconds)."""
+
+    last_inference_ms: int = 0
+    inference_count: int = 0
+    execution_count: int = 0
+    success: _Duration = field(default_factory=_Duration)
+    fail: _Duration = field(default_factory=_Duration)
+    queue: _Duration = field(default_factory=_Duration)
+    compute_input: _Duration = field(default_factory=_Duration)
+    compute_infer: _Duration = field(default_factory=_Duration)
+    compute_output: _Duration = field(default_factory=_Duration)
+
+    def message(self, name: str) -> oip.ModelStatistics:
+        return oip.ModelStatistics(
+            name=name, version=MODEL_VERSION, last_inference=self.last_inference_ms,
+            inference_count=self.inference_count, execution_count=self.execution_count,
+            inference_stats=oip.InferStatistics(
+                success=self.success.message(), fail=self.fail.message(), queue=self.queue.message(),
+                compute_input=self.compute_input.message(), compute_infer=self.compute_infer.message(),
+                compute_output=self.compute_output.message()))
+
+
+# ----------------------------------------------------------------------------- streams
+
+
+_END = object()
+
+
+@dataclass(eq=False)
+class _OipStream:
+    window: asyncio.Semaphore
+    queue: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    reader: asyncio.Task[None] | None = None
+    client_done: bool = False
+    fatal: tuple[grpc.StatusCode, str] | None = None
+
+
+# ----------------------------------------------------------------------------- the servicer
+
+
+class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService over the encoder servicer's pipeline (see the module docstring)."""
+
+    def __init__(self, encoder: EncoderServicer) -> None:
+        self.encoder = encoder
+        self.batcher = encoder.batcher
+        self.config = encoder.config
+        self.metrics = encoder.metrics
+        engine = encoder.pipeline.engine
+        self.models = model_specs(engine.n_latents, engine.patch_dim)
+        self._plan = engine.plan
+        self._stats = {name: _ModelStats() for name in self.models}
+        self._streams: set[_OipStream] = set()
+        self._builders: dict[str, Callable[[dict[str, np.ndarray], OutputSpec], Job]] = {
+            "pvae_rates": self._rates_job, "pvae_counts": self._counts_job, "pvae_frame": self._frame_job}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def active_streams(self) -> int:
+        """Open ModelStreamInfer calls."""
+        return len(self._streams)
+
+    def begin_drain(self) -> None:
+        """Stop reading every stream; what was read is answered, then the stream ends UNAVAILABLE."""
+        for stream in self._streams:
+            if stream.reader is not None:
+                stream.reader.cancel()
+
+    # ------------------------------------------------------------------ health and metadata
+
+    def _model(self, name: str, version: str) -> ModelSpec:
+        model = self.models.get(name)
+        if model is None:
+            raise ModelNotFoundError(f"model '{name}' is not served here (models: {', '.join(self.models)})")
+        if version not in ("", MODEL_VERSION):
+            raise ModelNotFoundError(f"model '{name}' has no version '{version}' (versions: {MODEL_VERSION})")
+        return model
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any], exc: Exception) -> None:
+        code, message = self.status(exc)
+        await context.abort(code, message)
+
+    @staticmethod
+    def status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+        """The status code and message for an exception raised while serving a request."""
+        if isinstance(exc, ModelNotFoundError):
+            return grpc.StatusCode.NOT_FOUND, str(exc)
+        return status_for(exc)
+
+    async def ServerLive(self, request: oip.ServerLiveRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> oip.ServerLiveResponse:
+        return oip.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: oip.ServerReadyRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> oip.ServerReadyResponse:
+        return oip.ServerReadyResponse(ready=self.encoder.ready)
+
+    async def ModelReady(self, request: oip.ModelReadyRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelReadyResponse:
+        # As Triton does: an unknown model is simply not ready (readiness probes need no error path).
+        known = request.name in self.models and request.version in ("", MODEL_VERSION)
+        return oip.ModelReadyResponse(ready=known and self.encoder.ready)
+
+    async def ServerMetadata(self, request: oip.ServerMetadataRequest,
+                             context: grpc.aio.ServicerContext[Any, Any]) -> oip.ServerMetadataResponse:
+        return oip.ServerMetadataResponse(name="pvae", version=__version__,
+                                          extensions=["model_configuration", "statistics", "model_repository"])
+
+    async def ModelMetadata(self, request: oip.ModelMetadataRequest,
+                            context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelMetadataResponse:
+        try:
+            model = self._model(request.name, request.version)
+        except ModelNotFoundError as exc:
+            await self._abort(context, exc)
+        tensor = oip.ModelMetadataResponse.TensorMetadata
+        return oip.ModelMetadataResponse(
+            name=model.name, versions=[MODEL_VERSION], platform="onnxruntime_onnx",
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.outputs])
+
+    def model_config(self, model: ModelSpec) -> mc.ModelConfig:
+        """Triton's description of an exposed model (no batch dimension: each request is one call)."""
+        kind = mc.ModelInstanceGroup.KIND_GPU if self._plan.kind == "cuda" else mc.ModelInstanceGroup.KIND_CPU
+        group = mc.ModelInstanceGroup(name=f"{model.name}_0", kind=kind, count=1,
+                                      gpus=[self._plan.device_id] if self._plan.kind == "cuda" else [])
+        return mc.ModelConfig(
+            name=model.name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=0,
+            version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
+            input=[mc.ModelInput(name=t.name, data_type=DATATYPES[t.datatype][2], dims=t.shape, optional=t.optional)
+                   for t in model.inputs],
+            output=[mc.ModelOutput(name=t.name, data_type=DATATYPES[t.datatype][2], dims=t.shape)
+                    for t in model.outputs],
+            instance_group=[group],
+            model_transaction_policy=mc.ModelTransactionPolicy(decoupled=False),
+            parameters={"description": mc.ModelParameter(string_value=model.description)})
+
+    async def ModelConfig(self, request: oip.ModelConfigRequest,
+                          context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelConfigResponse:
+        try:
+            model = self._model(request.name, request.version)
+        except ModelNotFoundError as exc:
+            await self._abort(context, exc)
+        return oip.ModelConfigResponse(config=self.model_config(model))
+
+    async def ModelStatistics(self, request: oip.ModelStatisticsRequest,
+                              context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelStatisticsResponse:
+        if request.name:
+            try:
+                names = [self._model(request.name, request.version).name]
+            except ModelNotFoundError as exc:
+                await self._abort(context, exc)
+        else:
+            names = list(self.models)
+        return oip.ModelStatisticsResponse(model_stats=[self._stats[name].message(name) for name in names])
+
+    async def RepositoryIndex(self, request: oip.RepositoryIndexRequest,
+                              context: grpc.aio.ServicerContext[Any, Any]) -> oip.RepositoryIndexResponse:
+        state = "READY" if self.encoder.ready else "UNAVAILABLE"
+        return oip.RepositoryIndexResponse(models=[
+            oip.RepositoryIndexResponse.ModelIndex(name=name, version=MODEL_VERSION, state=state)
+            for name in self.models])
+
+    # ------------------------------------------------------------------ inference
+
+    def _rates_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec) -> Job:
+        patches = inputs["patches"]
+        _rows(patches, "patches", self.config.max_patches)
+        if not np.isfinite(patches).all():
+            raise _tensor_error("input", "patches", "contains NaN or infinite values")
+        return PatchJob(patches, spec, seed=0)
+
+    def _counts_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec) -> Job:
+        rates = inputs["rates"]
+        _rows(rates, "rates", self.config.max_patches)
+        if not (np.isfinite(rates).all() and (rates >= 0).all() and (rates <= MAX_RATE).all()):
+            raise _tensor_error("input", "rates", f"must be finite and in [0, {MAX_RATE:g}] (Poisson means)")
+        seed = _seed(inputs)
+        assert seed is not None  # a required input (read_inputs)
+        return SampleJob(rates, spec, seed)
+
+    def _frame_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec) -> Job:
+        frame = inputs["frame"]
+        check_dimensions(int(frame.shape[0]), int(frame.shape[1]), self.encoder.limits, "input 'frame'")
+        seed = _seed(inputs)
+        return FrameJob(frame, spec, secrets.randbelow(MAX_SEED + 1) if seed is None else seed)
+
+    @staticmethod
+    def _spec(outputs: list[TensorSpec], float_format: FloatFormat) -> OutputSpec:
+        wanted = {Output(t.name) for t in outputs if t.name in ("rates", "log_rates", "counts", "reconstruction")}
+        return OutputSpec(frozenset(wanted), count_format=CountFormat.DENSE_I32, image_encoding=ImageEncoding.RAW,
+                          float_format=float_format)
+
+    @staticmethod
+    def _output(result: PackedResult, spec: TensorSpec) -> tuple[str, list[int], bytes]:
+        rows_by_k = [result.n_patches, result.n_latents]
+        if spec.name in ("rates", "log_rates"):
+            data = result.rates if spec.name == "rates" else result.log_rates
+            datatype = _FLOAT_DATATYPE[result.float_format]
+        elif spec.name == "counts":
+            data, datatype = result.counts_i32, "INT32"
+        else:  # reconstruction
+            image = result.reconstruction
+            assert image is not None
+            return "UINT8", [image.height, image.width], image.data
+        assert data is not None, f"the pipeline did not produce {spec.name}"
+        return datatype, rows_by_k, data
+
+    async def infer(self, request: oip.ModelInferRequest, rpc: str, wait: bool) -> oip.ModelInferResponse:
+        """Run one inference request; raises on any problem (the caller turns it into a status)."""
+        received = time.perf_counter()
+        stats: _ModelStats | None = None
+        try:
+            self.metrics.received_bytes.labels(**rpc_labels(rpc)).inc(request.ByteSize())
+            model = self._model(request.model_name, request.model_version)
+            stats = self._stats[model.name]
+            self.encoder.check_available()
+            outputs = _requested_outputs(request, model)
+            spec = self._spec(outputs, _float_format(request.parameters))
+            job = self._builders[model.name](read_inputs(request, model, self.config.max_frame_bytes), spec)
+            job.times.decode = time.perf_counter() - received
+            self.metrics.observe_stage("decode", job.times.decode)
+            result = await self.batcher.submit(job, wait=wait)
+            built = time.perf_counter()
+            response = oip.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
+            for output in outputs:
+                datatype, shape, data = self._output(result, output)
+                response.outputs.add(name=output.name, datatype=datatype, shape=shape)
+                response.raw_output_contents.append(data)
+            if result.seed is not None:
+                response.parameters["seed"].int64_param = result.seed
+            if result.grid_rows:
+                response.parameters["grid_rows"].int64_param = result.grid_rows
+                response.parameters["grid_cols"].int64_param = result.grid_cols
+            size = response.ByteSize()
+            self.encoder.check_size(size)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            if stats is not None:
+                stats.fail.add(time.perf_counter() - received)
+            raise
+        done = time.perf_counter()
+        times = result.times
+        stats.last_inference_ms = int(time.time() * 1000)
+        stats.inference_count += 1
+        stats.execution_count += 1
+        stats.success.add(done - received)
+        stats.queue.add(times.queue)
+        stats.compute_input.add(times.decode)
+        stats.compute_infer.add(times.inference + times.sampling)
+        stats.compute_output.add(times.packing + (done - built))
+        self.encoder.account(rpc, result)
+        self.metrics.sent_bytes.labels(**rpc_labels(rpc)).inc(size)
+        self.metrics.observe_stage("end_to_end", done - received)
+        return response
+
+    async def ModelInfer(self, request: oip.ModelInferRequest,
+                         context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelInferResponse:
+        try:
+            return await self.infer(request, UNARY, wait=False)
+        except asyncio.CancelledError:
+            self.metrics.error(UNARY, cancel_code(context))
+            raise
+        except Exception as exc:
+            code, message = self.status(exc)
+            self.metrics.error(UNARY, code.name)
+            await context.abort(code, message)
+            raise  # unreachable: abort raises
+
+    # ------------------------------------------------------------------ streaming
+
+    async def _answer(self, request: oip.ModelInferRequest) -> oip.ModelStreamInferResponse:
+        """One stream request -> its response, or an in-band error (never raises but CancelledError)."""
+        try:
+            return oip.ModelStreamInferResponse(infer_response=await self.infer(request, STREAM, wait=True))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            code, message = self.status(exc)
+            self.metrics.error(STREAM, code.name)
+            return self._in_band_error(request, code, message)
+
+    @staticmethod
+    def _in_band_error(request: oip.ModelInferRequest, code: grpc.StatusCode,
+                       message: str) -> oip.ModelStreamInferResponse:
+        return oip.ModelStreamInferResponse(
+            error_message=f"{code.name}: {message}",
+            infer_response=oip.ModelInferResponse(model_name=request.model_name,
+                                                  model_version=request.model_version, id=request.id))
+
+    async def _read(self, requests: AsyncIterator[oip.ModelInferRequest], stream: _OipStream) -> None:
+        """Admit requests into the stream's window until the client half-closes, a drain, or a fatal error."""
+        request: oip.ModelInferRequest | None = None
+        try:
+            async for request in requests:
+                await stream.window.acquire()
+                stream.queue.put_nowait(asyncio.create_task(self._answer(request)))
+                request = None
+            stream.client_done = True
+        except asyncio.CancelledError:  # draining: what was read is answered; a request held back is refused
+            if request is not None:
+                stream.queue.put_nowait(self._in_band_error(request, grpc.StatusCode.UNAVAILABLE,
+                                                            "server is draining (shutting down)"))
+            raise
+        except InputError as exc:  # an undecodable message (pvae.serving.wire): the stream's framing is lost
+            stream.fatal = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Exception as exc:  # the transport failed (e.g. a message over the size limit)
+            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.INTERNAL
+            stream.fatal = (code, f"stream read failed: {exc}")
+        finally:
+            stream.queue.put_nowait(_END)
+
+    async def ModelStreamInfer(self, request_iterator: AsyncIterator[oip.ModelInferRequest],
+                               context: grpc.aio.ServicerContext[Any, Any]
+                               ) -> AsyncIterator[oip.ModelStreamInferResponse]:
+        try:
+            self.encoder.check_available()
+        except UnavailableError as exc:
+            self.metrics.error(STREAM, grpc.StatusCode.UNAVAILABLE.name)
+            await self._abort(context, exc)
+        if self.encoder.active_streams + self.active_streams >= self.config.max_streams:
+            self.metrics.error(STREAM, grpc.StatusCode.RESOURCE_EXHAUSTED.name)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"too many streams: the server serves at most max_streams={self.config.max_streams}")
+        stream = _OipStream(window=asyncio.Semaphore(self.config.default_window))
+        self._streams.add(stream)
+        self.metrics.active_streams.inc()
+        stream.reader = asyncio.create_task(self._read(request_iterator, stream), name="pvae-oip-stream-reader")
+        try:
+            while True:
+                item = await stream.queue.get()
+                if item is _END:
+                    break
+                response = await item if isinstance(item, asyncio.Task) else item
+                if isinstance(item, asyncio.Task):
+                    stream.window.release()
+                self.metrics.sent_bytes.labels(**rpc_labels(STREAM)).inc(response.ByteSize())
+                yield response
+            if stream.fatal is not None:
+                code, message = stream.fatal
+                self.metrics.error(STREAM, code.name)
+                await context.abort(code, message)
+            if not stream.client_done:
+                self.metrics.error(STREAM, grpc.StatusCode.UNAVAILABLE.name)
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "server is draining (shutting down); reconnect to another replica")
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away, or the deadline passed
+            self.metrics.error(STREAM, cancel_code(context))
+            raise
+        finally:
+            stream.reader.cancel()
+            with contextlib.suppress(asyncio.QueueEmpty):
+                while True:
+                    item = stream.queue.get_nowait()
+                    if isinstance(item, asyncio.Task):
+                        item.cancel()
+            self._streams.discard(stream)
+            self.metrics.active_streams.dec()
