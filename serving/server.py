@@ -48,6 +48,7 @@ from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 from pvae.serving.batcher import Batcher
 from pvae.serving.config import ServeConfig
 from pvae.serving.engine import Engine, resolve_device
+from pvae.serving.memory import tune_malloc
 from pvae.serving.metrics import Metrics
 from pvae.serving.oip import SERVICE_NAME as OIP_SERVICE_NAME
 from pvae.serving.oip import InferenceServicer
@@ -242,6 +243,7 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
 
 async def serve(config: ServeConfig) -> None:
     """Run until SIGTERM/SIGINT, then drain gracefully."""
+    tune_malloc()  # the whole process serves megabyte messages (pvae.serving.memory)
     running = await start_server(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
