@@ -88,8 +88,11 @@ PROBE_TIMEOUT_S = 15.0
 RECOVERY_TIMEOUT_S = 15.0
 #: Seconds a subprocess server may take to start (imports and ONNX Runtime sessions).
 SUBPROCESS_START_S = 90.0
-#: Statuses a hostile request may get.
-PRECISE_CODES = frozenset({grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED})
+#: Statuses a hostile request may get (NOT_FOUND: an Open Inference Protocol request naming an unknown model).
+PRECISE_CODES = frozenset({grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                           grpc.StatusCode.NOT_FOUND})
+#: The Open Inference Protocol's unary inference method.
+OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
 #: Bytes in a kibibyte (/proc reports RSS in kB).
 KIB = 1024
 
@@ -548,17 +551,51 @@ def _png_header(width: int, height: int) -> bytes:
             + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr)))
 
 
+def hostile_oip_request(rng: random.Random) -> bytes:
+    """A ModelInferRequest that tritonclient could send, used wrongly: a wrong datatype string, a
+    ``raw_input_contents`` count or byte length that does not match, negative or huge dims, an
+    unknown model, input or output name, a missing seed, a bad parameter."""
+    from pvae.inference import grpc_service_pb2 as oip
+
+    model = rng.choice(["pvae_rates", "pvae_counts", "pvae_frame", "pvae_rates", "nope", ""])
+    request = oip.ModelInferRequest(model_name=model, model_version=rng.choice(["", "", "1", "2"]), id="fuzz")
+    names = {"pvae_rates": ["patches"], "pvae_counts": ["rates", "seed"], "pvae_frame": ["frame", "seed"]}
+    inputs = list(names.get(model, ["patches"]))
+    if rng.random() < 0.3:  # drop one (the seed, say) or add an unknown one
+        inputs = inputs[:-1] if rng.random() < 0.5 else [*inputs, "extra"]
+    dims = [0, 1, 2, 16, 32, 48, 64, 256, 512, -1, -(2**63), 2**31, 2**62, 2**63 - 1]
+    for name in inputs:
+        shape = [rng.choice(dims) for _ in range(rng.choice([0, 1, 2, 2, 2, 3]))]
+        datatype = rng.choice(["FP32", "FP32", "UINT8", "INT64", "FP16", "FP64", "INT32", "BYTES", "", "fp32"])
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+        if rng.random() < 0.15:  # typed contents instead of raw bytes
+            values = [rng.uniform(-1e30, 1e30) for _ in range(rng.randrange(64))]
+            request.inputs[-1].contents.fp32_contents.extend(values)
+    for _ in range(len(inputs) + rng.choice([-1, 0, 0, 0, 1])):
+        request.raw_input_contents.append(rng.randbytes(rng.choice([0, 1, 8, 64, 1024, 16 * 256 * 4, 65536])))
+    if rng.random() < 0.3:
+        request.outputs.add(name=rng.choice(["rates", "counts", "spikes", ""]))
+    if rng.random() < 0.2:
+        request.parameters["float_format"].string_param = rng.choice(["fp16", "fp32", "fp8", ""])
+    return request.SerializeToString()
+
+
 def hostile_payloads(rng: random.Random, count: int) -> Iterator[tuple[str, bytes]]:
     """``count`` seeded hostile (method, serialized request) pairs: corrupt and truncated files,
-    absurd sizes, wrong byte counts, huge patch batches and bytes that are not protobuf at all."""
+    absurd sizes, wrong byte counts, huge patch batches, Open Inference Protocol requests used
+    wrongly, and bytes that are not protobuf at all."""
     import cv2
 
     image = np.random.default_rng(0).integers(0, 256, (48, 64), dtype=np.uint8)
     files = [cv2.imencode(ext, image)[1].tobytes() for ext in (".jpg", ".png")]
     encode = "/pvae.v1.Encoder/Encode"
     for _ in range(count):
-        kind = rng.randrange(7)
-        if kind == 0:
+        kind = rng.randrange(9)
+        if kind == 7:
+            yield OIP_INFER, hostile_oip_request(rng)
+        elif kind == 8:
+            yield OIP_INFER, rng.randbytes(rng.randrange(1, 512))
+        elif kind == 0:
             yield encode, rng.randbytes(rng.randrange(1, 512))
         elif kind == 1:
             data = rng.choice(files)
@@ -587,12 +624,15 @@ def run_fuzz(address: str, cases: int = DEFAULT_FUZZ_CASES, seed: int = 0) -> Fu
     tally = FuzzTally()
     with grpc.insecure_channel(address) as channel:
         unary = channel.unary_unary("/pvae.v1.Encoder/Encode", request_serializer=None, response_deserializer=None)
+        oip_unary = channel.unary_unary(OIP_INFER, request_serializer=None, response_deserializer=None)
         stream = channel.stream_stream("/pvae.v1.Encoder/StreamEncode", request_serializer=None,
                                        response_deserializer=None)
         for method, payload in hostile_payloads(random.Random(seed), cases):
             code = grpc.StatusCode.OK
             try:
-                if method.endswith("/Encode"):
+                if method == OIP_INFER:
+                    oip_unary(payload, timeout=PROBE_TIMEOUT_S)
+                elif method.endswith("/Encode"):
                     unary(payload, timeout=PROBE_TIMEOUT_S)
                 else:
                     for _ in stream(iter([payload]), timeout=PROBE_TIMEOUT_S):

@@ -8,6 +8,7 @@ deterministic and takes seconds.
 
 from __future__ import annotations
 
+import random
 import struct
 import zlib
 from collections.abc import Iterator
@@ -231,3 +232,60 @@ def test_hostile_stream_frames_each_get_a_status_and_the_server_stays_healthy(ch
     assert codes[-1] == grpc.StatusCode.OK
     _assert_healthy(channel)
     assert server.registry.get_sample_value("pvae_active_streams") == 0
+
+
+# ----------------------------------------------------------------------------- the Open Inference Protocol
+
+OIP_INFER = "/inference.GRPCInferenceService/ModelInfer"
+OIP_PRECISE = PRECISE | {grpc.StatusCode.NOT_FOUND}
+oip_dims = st.lists(st.one_of(st.integers(-2**63, 2**63 - 1), st.sampled_from([0, 1, 16, 64, 256, -1])), max_size=4)
+oip_inputs = st.lists(st.tuples(
+    st.sampled_from(["patches", "rates", "seed", "frame", "extra", ""]),
+    st.sampled_from(["FP32", "FP16", "UINT8", "INT64", "INT32", "FP64", "BYTES", "BOOL", "", "fp32", "FP3"]),
+    oip_dims), max_size=3)
+
+
+@st.composite
+def oip_requests(draw: st.DrawFn) -> bytes:
+    """A ModelInferRequest as tritonclient can build one, with every field possibly wrong."""
+    from pvae.inference import grpc_service_pb2 as oip
+
+    request = oip.ModelInferRequest(
+        model_name=draw(st.sampled_from(["pvae_rates", "pvae_counts", "pvae_frame", "unknown", ""])),
+        model_version=draw(st.sampled_from(["", "1", "0", "2", "latest"])))
+    for name, datatype, shape in draw(oip_inputs):
+        request.inputs.add(name=name, datatype=datatype, shape=shape)
+    typed = draw(st.booleans()) and len(request.inputs) > 0
+    if typed:
+        request.inputs[0].contents.uint_contents.extend(draw(st.lists(st.integers(0, 2**32 - 1), max_size=300)))
+    raw_count = draw(st.integers(0, len(request.inputs) + 1)) if not typed else 0
+    for _ in range(raw_count):
+        request.raw_input_contents.append(bytes(draw(st.sampled_from([0, 1, 8, 255, 256 * 4, 64 * 4 * 3, 4096]))))
+    for name in draw(st.lists(st.sampled_from(["rates", "log_rates", "counts", "reconstruction", "nope"]),
+                              max_size=3)):
+        request.outputs.add(name=name)
+    if draw(st.booleans()):
+        request.parameters["float_format"].string_param = draw(st.sampled_from(["fp16", "fp32", "FP32", "x"]))
+    return request.SerializeToString()
+
+
+@WIRE
+@given(payload=oip_requests())
+def test_hostile_oip_requests_get_a_precise_status(channel: grpc.Channel, payload: bytes) -> None:
+    call = channel.unary_unary(OIP_INFER, request_serializer=None, response_deserializer=None)
+    code = _outcome(lambda: call(payload, timeout=CALL_TIMEOUT_S))
+    assert code == grpc.StatusCode.OK or code in OIP_PRECISE, code
+
+
+def test_the_seeded_fuzz_corpus_gets_only_precise_statuses(server: InProcessServer, channel: grpc.Channel) -> None:
+    """The corpus of pvae-reliability (pvae.v1 and Open Inference Protocol cases) against a live server."""
+    from pvae.serving.reliability import OIP_INFER as CORPUS_OIP_INFER
+    from pvae.serving.reliability import hostile_payloads, run_fuzz
+
+    cases = 180
+    methods = [method for method, _ in hostile_payloads(random.Random(3), cases)]
+    assert methods.count(CORPUS_OIP_INFER) >= cases // 9  # the corpus does reach the OIP service
+    tally = run_fuzz(server.address, cases=cases, seed=3)
+    assert tally.cases == cases and tally.imprecise == 0, tally.codes
+    assert tally.codes.get("NOT_FOUND", 0) > 0 and tally.codes.get("INVALID_ARGUMENT", 0) > 0
+    _assert_healthy(channel)
