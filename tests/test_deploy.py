@@ -264,6 +264,10 @@ def test_kserve_inferenceservice() -> None:
     # A custom predictor serving gRPC (OIP) declares one h2c port: the server's gRPC port.
     assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("h2c", port)]
     assert c["readinessProbe"]["grpc"]["port"] == port and c["livenessProbe"]["grpc"]["port"] == port
+    # KServe speaks the Open Inference Protocol: readiness is that service's health entry.
+    from pvae.serving.server import HEALTH_SERVICES
+
+    assert c["readinessProbe"]["grpc"]["service"] == "inference.GRPCInferenceService" in HEALTH_SERVICES
     # The container is a core Container: validate it inside a Pod with the Kubernetes schema.
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "isvc-predictor"}, "spec": {"containers": [c]}}
     kv.validate(pod, K8S_VERSION, strict=True)
