@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="DIR",
-        help="also write a Triton Inference Server model repository to DIR",
+        help="also write a Triton Inference Server model repository to DIR (onnxruntime backend; config.pbtxt "
+        "runs on the CPU, configs/gpu.pbtxt on GPUs: tritonserver --model-config-name=gpu)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser

@@ -408,17 +408,24 @@ def test_conv_model_paths_match_the_model_in_torch_torchscript_and_onnx() -> Non
 
 
 def test_triton_repository(export_run: dict[str, Any], bundle_dir: Path) -> None:
+    """export_bundle(triton_dir=...) writes the repository for the bundle it made; every config parses with
+    Triton's model_config.proto (the configs are checked against the graphs in tests/test_triton_repo.py)."""
+    from google.protobuf import text_format
+
+    from pvae.inference import model_config_pb2
+
     repo: Path = export_run["triton"]
     assert (repo / MARKER).is_file()
+    bundle = load_bundle(bundle_dir)
     for graph, (name, max_batch) in TRITON_MODELS.items():
-        config = (repo / name / "config.pbtxt").read_text()
-        assert f'name: "{name}"' in config and 'backend: "onnxruntime"' in config
-        assert f"max_batch_size: {max_batch}" in config
-        assert ("dynamic_batching" in config) == (max_batch > 0)
-        assert (repo / name / "1" / "model.onnx").read_bytes() == load_bundle(bundle_dir).graph_path(graph).read_bytes()
-    rates = (repo / "pvae_rates" / "config.pbtxt").read_text()
-    assert "dims: [ 256 ]" in rates and "dims: [ 64 ]" in rates
-    assert "reshape: { shape: [ ] }" in (repo / "pvae_sampler" / "config.pbtxt").read_text()
+        for variant in ("config.pbtxt", "configs/gpu.pbtxt"):
+            config = text_format.Parse((repo / name / variant).read_text(), model_config_pb2.ModelConfig())
+            assert config.name == name and config.backend == "onnxruntime"
+            assert config.max_batch_size == max_batch and config.HasField("dynamic_batching") == (max_batch > 0)
+            assert [t.name for t in config.input] == [t.name for t in bundle.graphs[graph].inputs]
+        assert (repo / name / "1" / "model.onnx").read_bytes() == bundle.graph_path(graph).read_bytes()
+    rates = text_format.Parse((repo / "pvae_rates" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert list(rates.input[0].dims) == [256] and list(rates.output[0].dims) == [64]
 
 
 # ----------------------------------------------------------------------------- bad input and atomicity
