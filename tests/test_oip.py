@@ -466,3 +466,32 @@ def test_malformed_protobuf_is_invalid_argument(server: InProcessServer) -> None
                                        response_deserializer=None)
         code, details = _status(lambda: list(stream(iter([b"\x0a\xff\xff\xff\xff\x0f"]), timeout=TIMEOUT_S)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "not valid protobuf" in details
+
+
+def test_asyncio_client_infers_and_streams(server: InProcessServer, graphs: Graphs, tiny_bundle: Bundle) -> None:
+    """tritonclient.grpc.aio: unary infer and stream_infer over an async request iterator."""
+    import asyncio
+
+    import tritonclient.grpc.aio as triton_aio
+
+    patches = [_patches(6, tiny_bundle.patch_size ** 2, seed=10 + i) for i in range(3)]
+
+    async def run() -> tuple[Any, list[Any]]:
+        async with triton_aio.InferenceServerClient(server.address) as aio_client:
+            unary = await aio_client.infer("pvae_rates", [_input("patches", patches[0], "FP32")])
+
+            async def requests() -> Any:
+                for i, batch in enumerate(patches):
+                    yield {"model_name": "pvae_rates", "inputs": [_input("patches", batch, "FP32")],
+                           "request_id": f"s{i}"}
+
+            streamed = [(result, error) async for result, error in aio_client.stream_infer(requests())]
+            return unary, streamed
+
+    unary, streamed = asyncio.run(run())
+    np.testing.assert_array_equal(unary.as_numpy("rates"), graphs.rates(patches[0])["rates"].astype(np.float16))
+    assert [error for _, error in streamed] == [None] * 3
+    assert [result.get_response().id for result, _ in streamed] == ["s0", "s1", "s2"]
+    for (result, _), batch in zip(streamed, patches, strict=True):
+        np.testing.assert_array_equal(result.as_numpy("log_rates"),
+                                      graphs.rates(batch)["log_rates"].astype(np.float16))
