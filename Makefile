@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pvae-installed
 RUNS ?= runs
 
-.PHONY: setup demo test lint typecheck pytest model report-quick bench-train clean
+.PHONY: setup demo test lint typecheck pytest model report-quick bench-train bench-oip clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
@@ -49,6 +49,12 @@ report-quick: setup
 ## bench-train: training throughput, adaptive sampler vs Algorithm 1 as written.
 bench-train: setup
 	$(BIN)/pvae-bench-train
+
+## bench-oip: Triton's perf_analyzer (installed once into $(RUNS)/tools/perf_analyzer) against pvae-serve's
+## Open Inference Protocol: pvae_rates 1200x256, unary c=1 and c=4, streaming c=1, vs in-process ONNX Runtime.
+bench-oip: setup
+	$(BIN)/pvae-bench-oip --prefix $(RUNS)/tools/perf_analyzer --work-dir $(RUNS)/bench-oip \
+		--json $(RUNS)/bench-oip/figures.json
 
 clean:
 	rm -rf $(RUNS) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,354 @@
+"""pvae-bench-oip: perf_analyzer CSV parsing, the input JSON, the report's met/MISSED logic, the
+installer's skip-and-check path, and (gated) one real run of perf_analyzer against pvae-serve."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pvae.errors import ConfigError
+from pvae.serving import bench_oip
+from pvae.serving.bench_oip import (
+    DEFAULT_PREFIX,
+    RUNS,
+    BenchOipError,
+    OipBenchConfig,
+    format_report,
+    install_perf_analyzer,
+    is_installed,
+    main,
+    parse_perf_csv,
+    problem_lines,
+    read_input_json,
+    row_from_csv,
+    target_checks,
+    warning_lines,
+    write_input_json,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Captured from perf_analyzer 2.51.0 (-f CSV) against pvae-serve's pvae_rates, 1200x256 inputs, on this host.
+CSV_STREAM_C1 = """\
+Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,\
+Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency
+1,61.8947,188,5873,81,659,6294,1951,7,14782,17058,17319,20963
+"""
+CSV_UNARY_C4 = """\
+Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,\
+Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency
+4,40.4544,148,18234,54052,1267,22779,2636,6,97200,110730,118598,123669
+"""
+# perf_analyzer's stdout of the same streaming run (trailing spaces as it prints them).
+OUTPUT_OK = """\
+ Successfully read data for 1 stream/streams with 1 step/steps.
+*** Measurement Settings ***
+  Batch size: 1
+  Service Kind: TRITON
+  Using "time_windows" mode for stabilization
+  Stabilizing using average throughput
+  Measurement window: 1000 msec
+  Using asynchronous calls for inference
+
+Request concurrency: 1
+  Client: \n    Request count: 225
+    Throughput: 61.8947 infer/sec
+    Avg latency: 15058 usec (standard deviation 1656 usec)
+    p50 latency: 14782 usec
+    p99 latency: 20963 usec
+  Server: \n    Inference count: 225
+    Successful request count: 225
+    Avg request latency: 9886 usec (overhead 899 usec + queue 81 usec + compute input 659 usec + compute infer \
+6294 usec + compute output 1951 usec)
+
+Inferences/Second vs. Client Average Batch Latency
+Concurrency: 1, throughput: 61.8947 infer/sec, latency 15058 usec
+"""
+# ... and of a streaming run with NaN patches, which the server rejects.
+OUTPUT_NAN = """\
+ Successfully read data for 1 stream/streams with 1 step/steps.
+Request concurrency: 1
+Failed to retrieve results from inference request.
+Thread [0] had error: INVALID_ARGUMENT: input 'patches': contains NaN or infinite values
+"""
+
+
+# ----------------------------------------------------------------------------- CSV
+
+
+def test_parse_perf_csv_reads_every_column_as_float() -> None:
+    rows = parse_perf_csv(CSV_STREAM_C1)
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["Concurrency"] == 1.0
+    assert row["Inferences/Second"] == pytest.approx(61.8947)
+    assert row["Server Compute Infer"] == 6294.0
+    assert (row["p50 latency"], row["p90 latency"], row["p95 latency"], row["p99 latency"]) == (
+        14782.0, 17058.0, 17319.0, 20963.0)
+
+
+def test_row_from_csv_converts_microseconds_to_milliseconds() -> None:
+    row = row_from_csv("OIP unary c=4", CSV_UNARY_C4, 4)
+    assert row.name == "OIP unary c=4"
+    assert row.requests_per_s == pytest.approx(40.4544)
+    assert (row.p50_ms, row.p90_ms, row.p99_ms) == pytest.approx((97.2, 110.73, 123.669))
+    assert row.details["Server Queue"] == 54052.0
+
+
+def test_parse_perf_csv_stops_at_a_second_table_and_picks_the_concurrency() -> None:
+    two_rows = CSV_STREAM_C1 + CSV_UNARY_C4.splitlines()[1] + "\n\nServer-side metrics\nGPU,Util\nx,1\n"
+    assert [r["Concurrency"] for r in parse_perf_csv(two_rows)] == [1.0, 4.0]
+    assert row_from_csv("c4", two_rows, 4).requests_per_s == pytest.approx(40.4544)
+    with pytest.raises(BenchOipError, match="no row for concurrency 2"):
+        row_from_csv("c2", two_rows, 2)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "no 'Inferences/Second' header"),
+    ("Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latency,p99 latency\n", "no data row"),
+    ("Concurrency,Inferences/Second,p50 latency\n1,2.0,3\n", "p90 latency"),
+    ("Concurrency,Inferences/Second,p50 latency,p90 latency,p95 latency,p99 latency\n1,x,1,2,3,4\n", "non-numeric"),
+])
+def test_parse_perf_csv_rejects_malformed_text(text: str, message: str) -> None:
+    with pytest.raises(BenchOipError, match=message):
+        parse_perf_csv(text)
+
+
+# ----------------------------------------------------------------------------- output scanning
+
+
+def test_a_clean_run_has_no_problem_or_warning_lines() -> None:
+    assert problem_lines(OUTPUT_OK) == []
+    assert warning_lines(OUTPUT_OK) == []
+
+
+def test_failed_requests_and_missing_rpcs_are_problems() -> None:
+    assert problem_lines(OUTPUT_NAN) == [
+        "Failed to retrieve results from inference request.",
+        "Thread [0] had error: INVALID_ARGUMENT: input 'patches': contains NaN or infinite values"]
+    for line in ("Server-side statistics: UNIMPLEMENTED: Method not found",
+                 "ModelStreamInfer is not supported by this server",
+                 "Failed to obtain stable measurement within 10 measurement windows for concurrency 1."):
+        assert problem_lines(f"ok\n{line}\n") == [line]
+
+
+def test_other_warnings_are_reported_but_not_problems() -> None:
+    line = "WARNING: Perf Analyzer is not able to keep up with the desired load."
+    assert warning_lines(f"{OUTPUT_OK}{line}\n") == [line]
+    assert problem_lines(f"{OUTPUT_OK}{line}\n") == []
+
+
+# ----------------------------------------------------------------------------- input JSON
+
+
+def test_input_json_round_trips_the_array_bit_exactly(tmp_path: Path) -> None:
+    array = np.random.default_rng(3).standard_normal((1200, 256)).astype(np.float32)
+    path = tmp_path / "input.json"
+    write_input_json(path, "patches", array)
+    entry = json.loads(path.read_text())["data"][0]["patches"]
+    assert entry["shape"] == [1200, 256]
+    assert base64.b64decode(entry["content"]["b64"]) == array.astype("<f4").tobytes()  # little-endian, C order
+    back = read_input_json(path, "patches")
+    assert back.dtype == np.dtype("<f4") and back.shape == (1200, 256)
+    assert np.array_equal(back, array)
+
+
+def test_input_json_of_a_big_endian_array_is_little_endian(tmp_path: Path) -> None:
+    array = np.arange(6, dtype=">f4").reshape(2, 3)
+    write_input_json(tmp_path / "in.json", "x", array)
+    assert np.array_equal(read_input_json(tmp_path / "in.json", "x"), array)
+
+
+def test_natural_patches_are_tiled_like_the_frame_graph() -> None:
+    """The rates graph on our tiles equals the frame graph's rates of the same frame."""
+    import cv2
+
+    from pvae.serving.bench import synthetic_frames
+    from pvae.serving.source import resolve_bundle
+
+    bundle = resolve_bundle(None)
+    patches = bench_oip.natural_patches(bundle, 1200)  # one VGA frame of 16x16 patches
+    assert patches.shape == (1200, 256) and patches.dtype == np.float32 and np.isfinite(patches).all()
+    assert abs(float(patches.std()) - 1.0) < 0.5  # model space: whitened, contrast-normalised
+    gray = cv2.cvtColor(synthetic_frames(1)[0], cv2.COLOR_BGR2GRAY)[None]
+    frame_rates = bench_oip._session(bundle, "frame").run(["rates"], {"frames": gray})[0][0]
+    rates = bench_oip._session(bundle, "rates").run(["rates"], {"patches": patches})[0]
+    assert np.allclose(rates, frame_rates, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _row(name: str, rps: float, p99: float) -> dict[str, Any]:
+    return {"name": name, "requests_per_s": rps, "p50_ms": p99 / 2, "p90_ms": p99 * 0.8, "p99_ms": p99,
+            "requests": None, "details": {"Server Queue": 10.0, "Server Compute Input": 20.0,
+                                          "Server Compute Infer": 30.0, "Server Compute Output": 40.0,
+                                          "Network+Server Send/Recv": 50.0}, "warnings": []}
+
+
+def _figures(stream_rps: float, stream_p99: float, base_rps: float = 400.0) -> dict[str, Any]:
+    baseline = {**_row("in-process ONNX Runtime", base_rps, 3.0), "details": {}, "requests": 1200}
+    oip = [_row(RUNS[0].name, 300.0, 4.0), _row(RUNS[1].name, 320.0, 15.0), _row(RUNS[2].name, stream_rps, stream_p99)]
+    return {
+        "config": {"window_ms": 3000, "cpu_count": 2, "load_average_1m_before": 0.5, "load_average_1m_after": 1.5,
+                   "model_resolved": "bundle", "n_latents": 512},
+        "perf_analyzer": {"version": "Perf Analyzer Version 2.51.0 (commit unknown)"},
+        "input": {"shape": [1200, 256], "description": "seeded standard normal"},
+        "server_check_max_relative_difference": 0.0,
+        "in_process": baseline, "oip": oip,
+        "targets": [vars(c) for c in target_checks(baseline, oip)],
+    }
+
+
+def test_targets_met_at_their_boundaries() -> None:
+    figures = _figures(stream_rps=350.0, stream_p99=5.0, base_rps=350.0 / 0.85)
+    assert [c["met"] for c in figures["targets"]] == [True, True, True, True]
+    report = format_report(figures)
+    assert "MISSED" not in report
+    assert "streaming c=1 >= 350 req/s: met (350.0 req/s)" in report
+    assert "streaming c=1 p99 <= 5 ms: met (5.00 ms)" in report
+    assert "(1.99x its req/s, p99 5.00 ms)" in report
+    assert "streaming c=1 / in-process req/s >= 0.85: met (0.85)" in report
+
+
+def test_targets_missed_with_the_figures() -> None:
+    figures = _figures(stream_rps=61.9, stream_p99=20.96, base_rps=91.5)
+    checks = {c["label"].split(" (")[0]: c for c in figures["targets"]}
+    assert [c["met"] for c in figures["targets"]] == [False, False, False, False]
+    assert checks["streaming c=1 / in-process req/s >= 0.85"]["value"] == pytest.approx(61.9 / 91.5)
+    report = format_report(figures)
+    assert "streaming c=1 >= 350 req/s: MISSED (61.9 req/s)" in report
+    assert "streaming c=1 p99 <= 5 ms: MISSED (20.96 ms)" in report
+    assert "MISSED (0.35x its req/s, p99 20.96 ms)" in report
+    assert "streaming c=1 / in-process req/s >= 0.85: MISSED (0.68)" in report
+
+
+def test_between_triton_and_the_goal() -> None:
+    """Faster than Triton's 176 req/s / p99 10 ms, short of 2x it."""
+    met = [c.met for c in target_checks(_row("in-process ONNX Runtime", 250.0, 3.0),
+                                        [_row(RUNS[2].name, 200.0, 8.0)])]
+    assert met == [False, False, True, False]
+
+
+def test_report_table_has_the_four_rows_and_ratios() -> None:
+    report = format_report(_figures(stream_rps=200.0, stream_p99=6.0, base_rps=400.0))
+    lines = report.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    assert lines[header].split()[-3:] == ["ms", "vs", "in-process"]
+    table = lines[header + 1:header + 5]
+    assert [line[:24].strip() for line in table] == ["in-process ONNX Runtime", *(r.name for r in RUNS)]
+    assert table[0].split()[-5:] == ["400.0", "1.50", "2.40", "3.00", "1.00"]
+    assert table[3].split()[-5:] == ["200.0", "3.00", "4.80", "6.00", "0.50"]
+    assert "  OIP streaming c=1      10 / 20 / 30 / 40; 50" in report
+
+
+def test_report_lists_perf_analyzer_warnings() -> None:
+    figures = _figures(stream_rps=200.0, stream_p99=6.0)
+    figures["oip"][1]["warnings"] = ["WARNING: overhead"]
+    assert "  OIP unary c=4: WARNING: overhead" in format_report(figures)
+
+
+# ----------------------------------------------------------------------------- config and installer
+
+
+@pytest.mark.parametrize("kwargs", [{"patches": 0}, {"window_ms": 50}, {"max_trials": 2}, {"input": "zero"}])
+def test_config_rejects_bad_values(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        OipBenchConfig(**kwargs)
+
+
+def test_cli_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--window-ms", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pvae-bench-oip: error: --patches must be") and "\n" not in err
+
+
+def _fake_prefix(prefix: Path, script: str) -> None:
+    """A prefix whose 'perf_analyzer' is a shell script, with both libraries present."""
+    (prefix / "bin").mkdir(parents=True)
+    (prefix / "lib").mkdir()
+    binary = prefix / "bin" / "perf_analyzer"
+    binary.write_text(f"#!/bin/sh\n{script}\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    (prefix / "lib" / "libb64.so.0d").write_bytes(b"")
+    (prefix / "lib" / "libcudart.so.12").write_bytes(b"")
+
+
+def test_installer_skips_what_is_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_prefix(tmp_path, 'echo "Perf Analyzer Version 2.51.0 (commit unknown)"')
+    assert is_installed(tmp_path)
+
+    def no_downloads(*_args: Any, **_kwargs: Any) -> None:
+        raise AssertionError("nothing should be downloaded")
+
+    monkeypatch.setattr(bench_oip, "_run_step", no_downloads)
+    analyzer = install_perf_analyzer(tmp_path)
+    assert analyzer.binary == tmp_path.resolve() / "bin" / "perf_analyzer"
+    assert analyzer.version == "Perf Analyzer Version 2.51.0 (commit unknown)"
+    assert analyzer.env()["LD_LIBRARY_PATH"].split(os.pathsep)[0] == str(tmp_path.resolve() / "lib")
+
+
+def test_installer_names_a_missing_library(tmp_path: Path) -> None:
+    _fake_prefix(tmp_path, "echo 'perf_analyzer: error while loading shared libraries: libb64.so.0d: cannot open "
+                           "shared object file: No such file or directory' >&2; exit 127")
+    with pytest.raises(BenchOipError, match=r"--version failed \(exit 127\): missing shared library libb64.so.0d"):
+        install_perf_analyzer(tmp_path)
+
+
+def test_installer_refuses_another_version(tmp_path: Path) -> None:
+    _fake_prefix(tmp_path, 'echo "Perf Analyzer Version 2.40.0"')
+    with pytest.raises(BenchOipError, match=r"is not perf_analyzer 2\.51\.0"):
+        install_perf_analyzer(tmp_path)
+
+
+def test_failed_download_is_one_clear_line(tmp_path: Path) -> None:
+    with pytest.raises(BenchOipError, match=r"cannot get libb64-0d \(apt-get download\): 'no-such-tool-xyz' is not"):
+        bench_oip._run_step(["no-such-tool-xyz", "download"], "libb64-0d (apt-get download)", tmp_path)
+    with pytest.raises(BenchOipError, match=r"cannot get thing: `sh -c echo nope >&2; exit 3` failed \(exit 3\): nope"):
+        bench_oip._run_step(["sh", "-c", "echo nope >&2; exit 3"], "thing", tmp_path)
+
+
+def test_is_installed_is_false_for_an_empty_prefix(tmp_path: Path) -> None:
+    assert not is_installed(tmp_path)
+
+
+# ----------------------------------------------------------------------------- end to end (gated)
+
+
+def _e2e_skip_reason() -> str | None:
+    if os.environ.get("PVAE_BENCH_OIP") == "1" or is_installed(REPO / DEFAULT_PREFIX):
+        return None
+    return (f"perf_analyzer is not installed in {DEFAULT_PREFIX} (run `pvae-bench-oip --install-only`, "
+            "or set PVAE_BENCH_OIP=1 to install it here: downloads ~18 MB)")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_e2e_skip_reason() is not None, reason=str(_e2e_skip_reason()))
+def test_end_to_end_perf_analyzer_against_pvae_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real thing, with 1-s windows: install (or reuse) perf_analyzer, serve, measure, report."""
+    json_path = tmp_path / "figures.json"
+    code = main(["--prefix", str(REPO / DEFAULT_PREFIX), "--work-dir", str(tmp_path / "work"), "--window-ms", "1000",
+                 "--json", str(json_path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    figures = json.loads(json_path.read_text())
+    assert [row["name"] for row in figures["oip"]] == [spec.name for spec in RUNS]
+    for row in [figures["in_process"], *figures["oip"]]:
+        assert row["requests_per_s"] > 0 and 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    assert figures["server_check_max_relative_difference"] <= bench_oip.MAX_RELATIVE_DIFFERENCE
+    assert len(figures["targets"]) == 4
+    assert figures["input"]["shape"] == [1200, 256]
+    assert np.array_equal(read_input_json(tmp_path / "work" / "input.json", "patches").shape, (1200, 256))
+    for spec in RUNS:
+        log = (tmp_path / "work" / f"perf_{spec.slug}.log").read_text()
+        assert problem_lines(log.split("\n", 1)[1]) == []
+        assert ("--streaming" in log.splitlines()[0]) == spec.streaming
+    assert "OIP streaming c=1" in out and "targets:" in out
+    assert "perf_analyzer OIP streaming c=1" in err  # progress lines
