@@ -60,6 +60,7 @@ from pvae.serving.metrics import rpc_labels
 from pvae.serving.options import MAX_SEED, CountFormat, FloatFormat, ImageEncoding, Output, OutputSpec
 from pvae.serving.pipeline import FrameJob, Job, PackedResult, PatchJob, SampleJob
 from pvae.serving.servicer import EncoderServicer, cancel_code, status_for
+from pvae.serving.wire import request_bytes
 
 __all__ = [
     "DATATYPES",
@@ -258,6 +259,22 @@ def _seed(arrays: dict[str, np.ndarray]) -> int | None:
     if seed < 0:
         raise _tensor_error("input", "seed", f"must be 0 .. {MAX_SEED}, got {seed}")
     return seed
+
+
+#: Wire tags (field number << 3 | 2, length-delimited): ModelInferResponse.raw_output_contents (6)
+#: and ModelStreamInferResponse.infer_response (2).
+_RAW_OUTPUT_TAG = bytes([oip.ModelInferResponse.RAW_OUTPUT_CONTENTS_FIELD_NUMBER << 3 | 2])
+_INFER_RESPONSE_TAG = bytes([oip.ModelStreamInferResponse.INFER_RESPONSE_FIELD_NUMBER << 3 | 2])
+
+
+def _varint(value: int) -> bytes:
+    """Protobuf's base-128 varint of a non-negative integer."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -486,12 +503,19 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         assert data is not None, f"the pipeline did not produce {spec.name}"
         return datatype, rows_by_k, data
 
-    async def infer(self, request: oip.ModelInferRequest, rpc: str, wait: bool) -> oip.ModelInferResponse:
-        """Run one inference request; raises on any problem (the caller turns it into a status)."""
+    async def infer(self, request: oip.ModelInferRequest, rpc: str, wait: bool) -> list[bytes]:
+        """Run one inference request: the serialized ModelInferResponse, in pieces to concatenate
+        (its small fields, then each raw output with its field prefix). Raises on any problem (the
+        caller turns it into a status).
+
+        The response is assembled by hand because the outputs are megabytes: putting them into a
+        message and serializing it would copy them twice more (measured: 1.0 ms of a 4 ms round
+        trip at 1200 patches). The fields come in field-number order, as protobuf writes them.
+        """
         received = time.perf_counter()
         stats: _ModelStats | None = None
         try:
-            self.metrics.received_bytes.labels(**rpc_labels(rpc)).inc(request.ByteSize())
+            self.metrics.received_bytes.labels(**rpc_labels(rpc)).inc(request_bytes(request))
             model = self._model(request.model_name, request.model_version)
             stats = self._stats[model.name]
             self.encoder.check_available()
@@ -502,18 +526,19 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             self.metrics.observe_stage("decode", job.times.decode)
             result = await self.batcher.submit(job, wait=wait)
             built = time.perf_counter()
-            response = oip.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
-            for output in outputs:
-                datatype, shape, data = self._output(result, output)
-                response.outputs.add(name=output.name, datatype=datatype, shape=shape)
-                response.raw_output_contents.append(data)
+            head = oip.ModelInferResponse(model_name=model.name, model_version=MODEL_VERSION, id=request.id)
+            tensors = [self._output(result, output) for output in outputs]
+            for output, (datatype, shape, _) in zip(outputs, tensors, strict=True):
+                head.outputs.add(name=output.name, datatype=datatype, shape=shape)
             if result.seed is not None:
-                response.parameters["seed"].int64_param = result.seed
+                head.parameters["seed"].int64_param = result.seed
             if result.grid_rows:
-                response.parameters["grid_rows"].int64_param = result.grid_rows
-                response.parameters["grid_cols"].int64_param = result.grid_cols
-            size = response.ByteSize()
-            self.encoder.check_size(size)
+                head.parameters["grid_rows"].int64_param = result.grid_rows
+                head.parameters["grid_cols"].int64_param = result.grid_cols
+            pieces = [head.SerializeToString()]
+            for _, _, data in tensors:
+                pieces += [_RAW_OUTPUT_TAG + _varint(len(data)), data]
+            self.encoder.check_size(sum(len(piece) for piece in pieces))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -531,14 +556,15 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         stats.compute_infer.add(times.inference + times.sampling)
         stats.compute_output.add(times.packing + (done - built))
         self.encoder.account(rpc, result)
-        self.metrics.sent_bytes.labels(**rpc_labels(rpc)).inc(size)
         self.metrics.observe_stage("end_to_end", done - received)
-        return response
+        return pieces
 
     async def ModelInfer(self, request: oip.ModelInferRequest,
-                         context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelInferResponse:
+                         context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelInferResponse | bytes:
         try:
-            return await self.infer(request, UNARY, wait=False)
+            wire = b"".join(await self.infer(request, UNARY, wait=False))
+            self.metrics.sent_bytes.labels(**rpc_labels(UNARY)).inc(len(wire))
+            return wire  # pre-serialized: pvae.serving.wire passes bytes through
         except asyncio.CancelledError:
             self.metrics.error(UNARY, cancel_code(context))
             raise
@@ -550,16 +576,23 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------ streaming
 
-    async def _answer(self, request: oip.ModelInferRequest) -> oip.ModelStreamInferResponse:
-        """One stream request -> its response, or an in-band error (never raises but CancelledError)."""
+    async def _answer(self, request: oip.ModelInferRequest) -> oip.ModelStreamInferResponse | bytes:
+        """One stream request -> its response (pre-serialized), or an in-band error (never raises but
+        CancelledError)."""
         try:
-            return oip.ModelStreamInferResponse(infer_response=await self.infer(request, STREAM, wait=True))
+            pieces = await self.infer(request, STREAM, wait=True)
+            size = sum(len(piece) for piece in pieces)
+            wire = b"".join([_INFER_RESPONSE_TAG, _varint(size), *pieces])  # ModelStreamInferResponse.infer_response
+            self.metrics.sent_bytes.labels(**rpc_labels(STREAM)).inc(len(wire))
+            return wire
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             code, message = self.status(exc)
             self.metrics.error(STREAM, code.name)
-            return self._in_band_error(request, code, message)
+            error = self._in_band_error(request, code, message)
+            self.metrics.sent_bytes.labels(**rpc_labels(STREAM)).inc(error.ByteSize())
+            return error
 
     @staticmethod
     def _in_band_error(request: oip.ModelInferRequest, code: grpc.StatusCode,
@@ -593,7 +626,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator: AsyncIterator[oip.ModelInferRequest],
                                context: grpc.aio.ServicerContext[Any, Any]
-                               ) -> AsyncIterator[oip.ModelStreamInferResponse]:
+                               ) -> AsyncIterator[oip.ModelStreamInferResponse | bytes]:
         try:
             self.encoder.check_available()
         except UnavailableError as exc:
@@ -615,7 +648,6 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 response = await item if isinstance(item, asyncio.Task) else item
                 if isinstance(item, asyncio.Task):
                     stream.window.release()
-                self.metrics.sent_bytes.labels(**rpc_labels(STREAM)).inc(response.ByteSize())
                 yield response
             if stream.fatal is not None:
                 code, message = stream.fatal

@@ -3,9 +3,13 @@
 gRPC Python answers a request it cannot deserialize with ``INTERNAL: Exception deserializing
 request!``, which reads like a server bug. This interceptor swaps the deserializer of each
 pvae.v1 and Open Inference Protocol method for a tolerant one that returns a ``MalformedMessage``
-marker, and the wrapped
-method answers the marker with INVALID_ARGUMENT naming the message type (a stream is closed with
-that status, since its framing can no longer be trusted).
+marker, and the wrapped method answers the marker with INVALID_ARGUMENT naming the message type (a
+stream is closed with that status, since its framing can no longer be trusted).
+
+Two more things ride on the same wrapping, both for megabyte messages: the deserializer records
+the request's wire size (``request_bytes``: protobuf's upb ``ByteSize()`` would serialize the whole
+message again to tell), and the serializer passes ``bytes`` through, so a handler may return a
+response it assembled itself.
 
     >>> server = grpc.aio.server(interceptors=[MalformedMessageInterceptor()])
 """
@@ -13,6 +17,7 @@ that status, since its framing can no longer be trusted).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +26,8 @@ from google.protobuf.message import DecodeError
 
 from pvae.errors import InputError
 
-__all__ = ["SERVICE_PREFIX", "MalformedMessage", "MalformedMessageError", "MalformedMessageInterceptor"]
+__all__ = ["SERVICE_PREFIX", "MalformedMessage", "MalformedMessageError", "MalformedMessageInterceptor",
+           "request_bytes"]
 
 #: Methods this interceptor guards: pvae.v1 and the Open Inference Protocol (health and reflection keep gRPC's own).
 SERVICE_PREFIX = ("/pvae.v1.", "/inference.GRPCInferenceService/")
@@ -44,12 +50,26 @@ class MalformedMessage:
                 f"({self.reason})")
 
 
+#: Wire size of the request message last deserialized in this context (-1: unknown). gRPC runs a
+#: method's deserializer in the task that receives the message: the unary handler's own task, or
+#: the task that iterates a stream's requests (tasks it starts afterwards inherit the value).
+_REQUEST_BYTES: ContextVar[int] = ContextVar("pvae_request_bytes", default=-1)
+
+
+def request_bytes(message: Any) -> int:
+    """The wire size of ``message``, the request being handled: the size the deserializer saw,
+    else ``ByteSize()`` (which, in protobuf's upb backend, serializes the whole message)."""
+    size = _REQUEST_BYTES.get()
+    return size if size >= 0 else int(message.ByteSize())
+
+
 class MalformedMessageError(InputError):
     """Raised inside a stream's request iterator when a message was undecodable."""
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
     def deserialize(data: bytes) -> Any:
+        _REQUEST_BYTES.set(len(data))
         if deserializer is None:
             return data
         try:
@@ -66,9 +86,21 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
+def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A response serializer that sends ``bytes`` as they are: a handler may return a message it
+    serialized itself (pvae.serving.oip assembles megabyte responses without copying them twice)."""
+    if serializer is None:
+        return None
+
+    def serialize(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else serializer(response)
+
+    return serialize
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     deserializer = _tolerant(handler.request_deserializer, method)
-    serializer = handler.response_serializer
+    serializer = _passing_bytes(handler.response_serializer)
     if handler.unary_unary is not None:
         unary = handler.unary_unary
 

@@ -495,3 +495,30 @@ def test_asyncio_client_infers_and_streams(server: InProcessServer, graphs: Grap
     for (result, _), batch in zip(streamed, patches, strict=True):
         np.testing.assert_array_equal(result.as_numpy("log_rates"),
                                       graphs.rates(batch)["log_rates"].astype(np.float16))
+
+
+def test_byte_metrics_equal_the_wire_sizes(server: InProcessServer, stub: oip_grpc.GRPCInferenceServiceStub,
+                                          tiny_bundle: Bundle) -> None:
+    """Sizes are computed without re-serializing the megabytes: they must still be exact."""
+    registry = server.registry
+
+    def counters(rpc: str) -> tuple[float, float]:
+        labels = {"protocol": "oip", "rpc": rpc}
+        return (registry.get_sample_value("pvae_received_bytes_total", labels) or 0.0,
+                registry.get_sample_value("pvae_sent_bytes_total", labels) or 0.0)
+
+    dim = tiny_bundle.patch_size ** 2
+    request = _rates_request([9, dim], _patches(9, dim).tobytes(), id="sized")
+    frame_request = oip.ModelInferRequest(model_name="pvae_frame")
+    frame_request.inputs.add(name="frame", datatype="UINT8", shape=[40, 56])
+    frame_request.raw_input_contents.append(_frame(40, 56).tobytes())
+    for message in (request, frame_request):
+        before = counters("ModelInfer")
+        response = stub.ModelInfer(message, timeout=TIMEOUT_S)
+        after = counters("ModelInfer")
+        assert (after[0] - before[0], after[1] - before[1]) == (message.ByteSize(), response.ByteSize())
+    before = counters("ModelStreamInfer")
+    answers = list(stub.ModelStreamInfer(iter([request, frame_request, request]), timeout=TIMEOUT_S))
+    after = counters("ModelStreamInfer")
+    assert after[0] - before[0] == 2 * request.ByteSize() + frame_request.ByteSize()
+    assert after[1] - before[1] == sum(answer.ByteSize() for answer in answers)
