@@ -43,6 +43,7 @@ from pvae.serving.messages import (
 from pvae.serving.metrics import Metrics, rpc_labels
 from pvae.serving.options import MAX_SEED, OutputSpec, stream_frame_seed
 from pvae.serving.pipeline import FrameJob, PackedResult, PatchJob, Pipeline
+from pvae.serving.wire import request_bytes
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
@@ -247,9 +248,9 @@ class EncoderServicer(pb_grpc.EncoderServicer):
     # ------------------------------------------------------------------ Encode
 
     async def Encode(self, request: pb.EncodeRequest,
-                     context: grpc.aio.ServicerContext[Any, Any]) -> pb.EncodeResponse:
+                     context: grpc.aio.ServicerContext[Any, Any]) -> pb.EncodeResponse | bytes:
         received = time.perf_counter()
-        self.metrics.received_bytes.labels(**rpc_labels(ENCODE)).inc(request.ByteSize())
+        self.metrics.received_bytes.labels(**rpc_labels(ENCODE)).inc(request_bytes(request))
         try:
             self.check_available()
             spec, seed = parse_options(request.options if request.HasField("options") else None,
@@ -268,7 +269,10 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             result = await self.batcher.submit(job, wait=False)
             response = pb.EncodeResponse()
             fill_result(response.result, result, time.perf_counter() - received)
-            size = response.ByteSize()
+            # Serialized once, here: the size check and the metrics need its length, and gRPC sends
+            # these bytes as they are (pvae.serving.wire); ByteSize() would serialize it once more.
+            wire = response.SerializeToString()
+            size = len(wire)
             self.check_size(size)
         except asyncio.CancelledError:  # the client cancelled, or the deadline passed
             self.metrics.error(ENCODE, cancel_code(context))
@@ -282,12 +286,13 @@ class EncoderServicer(pb_grpc.EncoderServicer):
         self.account(ENCODE, result)
         self.metrics.sent_bytes.labels(**rpc_labels(ENCODE)).inc(size)
         self.metrics.observe_stage("end_to_end", time.perf_counter() - received)
-        return response
+        return wire  # a pre-serialized EncodeResponse
 
     # ------------------------------------------------------------------ StreamEncode
 
     async def StreamEncode(self, request_iterator: AsyncIterator[pb.StreamEncodeRequest],
-                           context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[pb.StreamEncodeResponse]:
+                           context: grpc.aio.ServicerContext[Any, Any]
+                           ) -> AsyncIterator[pb.StreamEncodeResponse | bytes]:
         if self._draining or not self._ready:
             code, message = status_for(UnavailableError("server is draining" if self._draining
                                                         else "server is warming up; retry shortly"))
@@ -317,8 +322,9 @@ class EncoderServicer(pb_grpc.EncoderServicer):
                         response.dropped_count = pending.count
                         response.dropped_sequences.extend(pending.sequences)
                         pending = _Drops()
-                    self.metrics.sent_bytes.labels(**rpc_labels(STREAM)).inc(response.ByteSize())
-                    yield response
+                    wire = response.SerializeToString()  # sent as is (pvae.serving.wire)
+                    self.metrics.sent_bytes.labels(**rpc_labels(STREAM)).inc(len(wire))
+                    yield wire  # a pre-serialized StreamEncodeResponse
                     continue
                 if head is None and (stream.reader_done or stream.fatal is not None or self._draining):
                     if stream.pending is not None:  # never admitted (draining): report it dropped
@@ -369,7 +375,7 @@ class EncoderServicer(pb_grpc.EncoderServicer):
             async for request in request_iterator:
                 if self._draining:
                     break
-                self.metrics.received_bytes.labels(**rpc_labels(STREAM)).inc(request.ByteSize())
+                self.metrics.received_bytes.labels(**rpc_labels(STREAM)).inc(request_bytes(request))
                 frame_error: Exception | None = None
                 if first:
                     first = False
