@@ -20,10 +20,18 @@ What one run does:
 5. **perf_analyzer** against ``pvae_rates`` (``--shape patches:1200,256``): unary at concurrency 1
    and 4, and ``--streaming`` at concurrency 1, each with ``-f CSV``. Any line about an error, a
    failure or an unimplemented / unsupported RPC fails the run and is reported.
+6. **transport floor** (skipped with ``--no-floor``): once pvae-serve is stopped,
+   ``python -m pvae.serving.oip_floor`` (pvae.serving.oip_floor: ``pvae_rates``' interface, canned zero
+   outputs, no inference) on another free port, checked to answer the same request with a response
+   of the same size as pvae-serve's, and perf_analyzer ``--streaming`` at concurrency 1 against it with
+   the same input and flags. That row is what gRPC Python plus perf_analyzer cost for these message
+   sizes with zero compute; the streaming row's p50 minus the floor's p50 is pvae-serve's compute
+   plus its own overhead, printed next to the in-process p50.
 
-It prints req/s and p50/p90/p99 (ms) of the four rows, the ratio of each OIP row to the
-in-process req/s, and the targets of the issue (streaming c=1: >= 350 req/s with p99 <= 5 ms, 2x
-Triton 2.51 + ONNX Runtime Python backend's 176 req/s / p99 10 ms, and >= 0.85 of in-process).
+It prints req/s and p50/p90/p99 (ms) of the rows, the ratio of each to the in-process req/s, the
+latency decomposition, and the targets of the issue (streaming c=1: >= 350 req/s with p99 <= 5 ms,
+2x Triton 2.51 + ONNX Runtime Python backend's 176 req/s / p99 10 ms, and >= 0.85 of in-process;
+judged on the OIP streaming row, never on the floor).
 Progress goes to stderr, the report to stdout; ``--json`` writes every figure. The client shares
 the host's cores with the server, as the targets assume.
 
@@ -31,6 +39,7 @@ the host's cores with the server, as the targets assume.
     pvae-bench-oip --window-ms 1000 --json runs/bench-oip/figures.json
     pvae-bench-oip --install-only                    # just install perf_analyzer, print its path
     pvae-bench-oip --model runs/quick/best.bundle --input normal
+    pvae-bench-oip --no-floor                        # without the transport-floor row
 """
 
 from __future__ import annotations
@@ -65,6 +74,7 @@ from pvae.cli import run_cli
 from pvae.errors import ConfigError, MissingDependencyError, PVAEError
 
 __all__ = [
+    "FLOOR_RUN",
     "RUNS",
     "BenchOipError",
     "OipBenchConfig",
@@ -74,6 +84,7 @@ __all__ = [
     "format_report",
     "install_perf_analyzer",
     "is_installed",
+    "latency_decomposition",
     "main",
     "natural_patches",
     "normal_patches",
@@ -108,6 +119,10 @@ BASELINE_WINDOWS = 3
 BASELINE_WARMUP_CALLS = 10
 #: Seconds to wait for pvae-serve to be ready (imports, sessions, warm-up).
 SERVER_START_TIMEOUT_S = 120.0
+#: The transport-floor server (pvae.serving.oip_floor), run as ``python -m`` this module.
+FLOOR_MODULE = "pvae.serving.oip_floor"
+#: Largest relative difference tolerated between the floor's response size and pvae-serve's (same request).
+MAX_RESPONSE_SIZE_DIFFERENCE = 0.01
 #: Targets of the issue (streaming at concurrency 1, 1200x256 inputs, 2-core CPU, client on the same cores).
 TARGET_STREAM_RPS = 350.0
 TARGET_STREAM_P99_MS = 5.0
@@ -145,16 +160,20 @@ class RunSpec:
     name: str
     concurrency: int
     streaming: bool
+    floor: bool = False
+    """Against the transport-floor server (pvae.serving.oip_floor) instead of pvae-serve."""
 
     @property
     def slug(self) -> str:
         """File-name form of ``name``."""
-        return f"{'stream' if self.streaming else 'unary'}_c{self.concurrency}"
+        return f"{'floor_' if self.floor else ''}{'stream' if self.streaming else 'unary'}_c{self.concurrency}"
 
 
 #: The three measurements of the issue.
 RUNS = (RunSpec("OIP unary c=1", 1, False), RunSpec("OIP unary c=4", 4, False),
         RunSpec("OIP streaming c=1", 1, True))
+#: The transport floor: the streaming row's flags against a server that computes nothing (not a target row).
+FLOOR_RUN = RunSpec("transport floor (no compute), streaming c=1", 1, True, floor=True)
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,8 @@ class OipBenchConfig:
     """Seed of the ``normal`` input."""
     server_args: tuple[str, ...] = ()
     """More pvae-serve flags."""
+    floor: bool = True
+    """Also measure the transport floor (pvae.serving.oip_floor); ``--no-floor`` turns it off."""
 
     def __post_init__(self) -> None:
         if self.patches < 1 or self.window_ms < 100 or self.max_trials < 3:
@@ -530,8 +551,9 @@ def _tail(path: Path, lines: int = 1) -> str:
     return " | ".join(kept) if kept else "(empty log)"
 
 
-def _wait_ready(address: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    """Poll OIP ServerReady until true; BenchOipError if the process exits or the deadline passes."""
+def _wait_ready(address: str, process: subprocess.Popen[bytes], log: Path, timeout_s: float,
+                what: str = "pvae-serve") -> None:
+    """Poll OIP ServerReady until true; BenchOipError (naming ``what``) if the process exits or the deadline passes."""
     from pvae.inference import grpc_service_pb2 as oip
     from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 
@@ -541,7 +563,7 @@ def _wait_ready(address: str, process: subprocess.Popen[bytes], log: Path, timeo
         while True:
             code = process.poll()
             if code is not None:
-                raise BenchOipError(f"pvae-serve exited with code {code} before it was ready: {_tail(log)} "
+                raise BenchOipError(f"{what} exited with code {code} before it was ready: {_tail(log)} "
                                     f"(log: {log})")
             try:
                 if stub.ServerReady(oip.ServerReadyRequest(), timeout=2.0).ready:
@@ -549,8 +571,32 @@ def _wait_ready(address: str, process: subprocess.Popen[bytes], log: Path, timeo
             except grpc.RpcError:
                 pass  # not listening yet, or still warming up
             if time.monotonic() > deadline:
-                raise BenchOipError(f"pvae-serve was not ready after {timeout_s:.0f} s (log: {log})")
+                raise BenchOipError(f"{what} was not ready after {timeout_s:.0f} s (log: {log})")
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _server_process(command: list[str], port: int, log: Path, what: str,
+                    progress: Progress | None) -> Iterator[str]:
+    """Run ``command`` (a server listening on loopback ``port``) until OIP-ready; yield ``host:port``; SIGTERM it."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    address = f"127.0.0.1:{port}"
+    try:
+        if progress is not None:
+            progress(f"starting {what} on {address} (pid {process.pid}, log {log})")
+        _wait_ready(address, process, log, SERVER_START_TIMEOUT_S, what)
+        yield address
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @contextlib.contextmanager
@@ -561,25 +607,23 @@ def serve(config: OipBenchConfig, progress: Progress | None = None) -> Iterator[
                "--metrics-port", "off", "--warmup-sizes", "", "--device", "cpu", *config.server_args]
     if config.model is not None:
         command += ["--model", config.model]
-    config.work_dir.mkdir(parents=True, exist_ok=True)
-    log = config.work_dir / "server.log"
-    with open(log, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    address = f"127.0.0.1:{port}"
-    try:
-        if progress is not None:
-            progress(f"starting pvae-serve on {address} (pid {process.pid}, log {log})")
-        _wait_ready(address, process, log, SERVER_START_TIMEOUT_S)
+    with _server_process(command, port, config.work_dir / "server.log", "pvae-serve", progress) as address:
         yield address
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+
+
+def floor_command(config: OipBenchConfig, port: int) -> list[str]:
+    """The command line of the transport-floor server (pvae.serving.oip_floor) for ``config``'s model."""
+    command = [sys.executable, "-m", FLOOR_MODULE, "--host", "127.0.0.1", "--port", str(port)]
+    return [*command, "--model", config.model] if config.model is not None else command
+
+
+@contextlib.contextmanager
+def serve_floor(config: OipBenchConfig, progress: Progress | None = None) -> Iterator[str]:
+    """Run the transport-floor server on a free loopback port until ready; yield ``host:port``; SIGTERM it."""
+    port = _free_port()
+    with _server_process(floor_command(config, port), port, config.work_dir / "floor.log",
+                         "the transport floor", progress) as address:
+        yield address
 
 
 def _oip_input(address: str, count: int, dim: int) -> str:
@@ -621,6 +665,33 @@ def _check_server_rates(address: str, name: str, patches: np.ndarray, expected: 
     rates = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(expected.shape)
     scale = float(np.max(np.abs(expected))) or 1.0
     return float(np.max(np.abs(rates.astype(np.float64) - expected))) / scale
+
+
+def _response_bytes(address: str, name: str, patches: np.ndarray) -> int:
+    """Wire size of the ModelInferResponse to ``patches`` as perf_analyzer sends them (no outputs named: all,
+    default FP16), after checking that every output is [rows, K] with as many bytes as its datatype needs."""
+    from pvae.inference import grpc_service_pb2 as oip
+    from pvae.inference import grpc_service_pb2_grpc as oip_grpc
+
+    request = oip.ModelInferRequest(model_name=MODEL_NAME, id="bench-oip-size")
+    request.inputs.add(name=name, datatype="FP32", shape=list(patches.shape))
+    request.raw_input_contents.append(np.ascontiguousarray(patches, dtype="<f4").tobytes())
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    with grpc.insecure_channel(address, options=options) as channel:
+        try:
+            response = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30.0)
+        except grpc.RpcError as exc:
+            raise BenchOipError(f"ModelInfer({MODEL_NAME}) at {address} failed: {exc.code().name}: "
+                                f"{exc.details()}") from None
+    itemsize = {"FP16": 2, "FP32": 4}
+    shapes = [(t.name, t.datatype, list(t.shape)) for t in response.outputs]
+    sizes = [len(raw) for raw in response.raw_output_contents]
+    expected = [math.prod(shape) * itemsize.get(datatype, 0) for _, datatype, shape in shapes]
+    if (response.id != request.id or not shapes or sizes != expected
+            or any(shape[0] != patches.shape[0] for _, _, shape in shapes)):
+        raise BenchOipError(f"{address} answered {MODEL_NAME} with id {response.id!r}, outputs {shapes} of "
+                            f"{sizes} bytes; expected id {request.id!r} and [{patches.shape[0]}, K] outputs")
+    return int(response.ByteSize())
 
 
 # ----------------------------------------------------------------------------- perf_analyzer
@@ -667,7 +738,8 @@ def run_perf_analyzer(analyzer: PerfAnalyzer, address: str, spec: RunSpec, input
 
 
 def run_benchmark(config: OipBenchConfig, progress: Progress | None = None) -> dict[str, Any]:
-    """Install, build the input, run the baseline and the three perf_analyzer runs; return the figures."""
+    """Install, build the input, run the baseline, the three perf_analyzer runs against pvae-serve and (unless
+    ``config.floor`` is off) the transport floor's; return the figures."""
     from pvae.serving.source import resolve_bundle
 
     say = progress or (lambda _line: None)
@@ -695,6 +767,18 @@ def run_benchmark(config: OipBenchConfig, progress: Progress | None = None) -> d
     say(f"  {baseline.requests_per_s:.1f} req/s, p50 {baseline.p50_ms:.2f} ms, p99 {baseline.p99_ms:.2f} ms")
     rows: list[RowFigures] = []
     commands: dict[str, list[str]] = {}
+    input_json = config.work_dir / "input.json"
+    shape = (config.patches, dim)
+
+    def measure(spec: RunSpec, address: str, input_name: str) -> RowFigures:
+        say(f"perf_analyzer {spec.name}: windows of {config.window_ms} ms until stable "
+            f"(at most {config.max_trials})")
+        row = run_perf_analyzer(analyzer, address, spec, input_name, shape, input_json, config)
+        commands[spec.name] = perf_analyzer_command(analyzer, address, spec, input_name, shape, input_json,
+                                                    config.work_dir / f"perf_{spec.slug}.csv", config)
+        say(f"  {row.requests_per_s:.1f} req/s, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms")
+        return row
+
     with serve(config, say) as address:
         input_name = _oip_input(address, config.patches, dim)
         difference = _check_server_rates(address, input_name, patches, expected_rates)
@@ -702,18 +786,28 @@ def run_benchmark(config: OipBenchConfig, progress: Progress | None = None) -> d
         if difference > MAX_RELATIVE_DIFFERENCE:
             raise BenchOipError(f"pvae-serve's {MODEL_NAME} rates differ from the in-process rates graph by "
                                 f"{difference:.2e} (relative; limit {MAX_RELATIVE_DIFFERENCE:.0e})")
-        input_json = config.work_dir / "input.json"
+        served_bytes = _response_bytes(address, input_name, patches)
         write_input_json(input_json, input_name, patches)
-        shape = (config.patches, dim)
-        for spec in RUNS:
-            say(f"perf_analyzer {spec.name}: windows of {config.window_ms} ms until stable "
-                f"(at most {config.max_trials})")
-            row = run_perf_analyzer(analyzer, address, spec, input_name, shape, input_json, config)
-            commands[spec.name] = perf_analyzer_command(analyzer, address, spec, input_name, shape, input_json,
-                                                        config.work_dir / f"perf_{spec.slug}.csv", config)
-            say(f"  {row.requests_per_s:.1f} req/s, p50 {row.p50_ms:.2f} ms, p99 {row.p99_ms:.2f} ms")
-            rows.append(row)
+        rows += [measure(spec, address, input_name) for spec in RUNS]
+    floor: RowFigures | None = None
+    floor_bytes: int | None = None
+    floor_server: list[str] | None = None
+    if config.floor:  # after pvae-serve has stopped: the floor gets the cores to itself, as the server did
+        with serve_floor(config, say) as address:
+            floor_input = _oip_input(address, config.patches, dim)
+            if floor_input != input_name:
+                raise BenchOipError(f"the transport floor's {MODEL_NAME} input is {floor_input!r}, pvae-serve's "
+                                    f"{input_name!r}")
+            floor_bytes = _response_bytes(address, input_name, patches)
+            say(f"transport floor: response of {floor_bytes} bytes, pvae-serve's {served_bytes} bytes")
+            if abs(floor_bytes - served_bytes) > MAX_RESPONSE_SIZE_DIFFERENCE * served_bytes:
+                raise BenchOipError(f"the transport floor answers with {floor_bytes} bytes, pvae-serve with "
+                                    f"{served_bytes}: the floor would not measure the same messages")
+            floor = measure(FLOOR_RUN, address, input_name)
+            floor_server = floor_command(config, int(address.rsplit(":", 1)[1]))
     load_after = os.getloadavg()[0]
+    oip_rows = [asdict(row) for row in rows]
+    floor_row = asdict(floor) if floor is not None else None
     return {
         "config": {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
                    "model_resolved": str(bundle.root), "n_latents": bundle.n_latents, "cpu_count": os.cpu_count(),
@@ -722,9 +816,13 @@ def run_benchmark(config: OipBenchConfig, progress: Progress | None = None) -> d
         "input": {"shape": [config.patches, dim], "dtype": "float32", "kind": config.input,
                   "description": description, "mean": float(patches.mean()), "std": float(patches.std())},
         "server_check_max_relative_difference": difference,
+        "response_bytes": {"pvae_serve": served_bytes, "floor": floor_bytes},
         "in_process": asdict(baseline),
-        "oip": [asdict(row) for row in rows],
-        "targets": [asdict(check) for check in target_checks(asdict(baseline), [asdict(r) for r in rows])],
+        "oip": oip_rows,
+        "floor": floor_row,
+        "floor_server_command": floor_server,
+        "latency_decomposition": latency_decomposition(asdict(baseline), oip_rows, floor_row),
+        "targets": [asdict(check) for check in target_checks(asdict(baseline), oip_rows)],
     }
 
 
@@ -761,27 +859,58 @@ def target_checks(baseline: dict[str, Any], oip_rows: Sequence[dict[str, Any]]) 
     ]
 
 
+def latency_decomposition(baseline: dict[str, Any], oip_rows: Sequence[dict[str, Any]],
+                          floor: dict[str, Any] | None) -> dict[str, float] | None:
+    """The streaming c=1 p50 split into the transport floor's p50 and the rest (server compute + overhead),
+    next to the in-process p50; None without a floor row or a streaming row. Medians do not add exactly: the
+    split is an estimate."""
+    stream = next((r for r in oip_rows if r["name"] == RUNS[2].name), None)
+    if stream is None or floor is None:
+        return None
+    rest = float(stream["p50_ms"]) - float(floor["p50_ms"])
+    return {"streaming_p50_ms": float(stream["p50_ms"]), "floor_p50_ms": float(floor["p50_ms"]),
+            "compute_and_overhead_ms": rest, "in_process_p50_ms": float(baseline["p50_ms"]),
+            "beyond_in_process_ms": rest - float(baseline["p50_ms"])}
+
+
 def format_report(figures: dict[str, Any]) -> str:
-    """The table of the four rows, the server-side breakdown and the target lines."""
+    """The table of the rows (in-process, OIP, transport floor), the server-side breakdown, the streaming
+    latency decomposition and the target lines."""
     base = figures["in_process"]
-    rows = [base, *figures["oip"]]
+    floor = figures.get("floor")
+    measured = [*figures["oip"], *([floor] if floor else [])]
+    rows = [base, *measured]
+    width = max(24, *(len(row["name"]) for row in rows))
     cfg = figures["config"]
     inp = figures["input"]
     lines = [f"{MODEL_NAME}: {inp['shape'][0]}x{inp['shape'][1]} float32 per request, {inp['description']}; "
              f"{cfg['cpu_count']} CPUs, client and server on the same cores; {figures['perf_analyzer']['version']}, "
              f"window {cfg['window_ms']} ms",
              "",
-             f"{'run':<24} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'vs in-process':>14}"]
+             f"{'run':<{width}} {'req/s':>8} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'vs in-process':>14}"]
     for row in rows:
         ratio = row["requests_per_s"] / base["requests_per_s"]
-        lines.append(f"{row['name']:<24} {row['requests_per_s']:>8.1f} {row['p50_ms']:>8.2f} {row['p90_ms']:>8.2f} "
-                     f"{row['p99_ms']:>8.2f} {ratio:>14.2f}")
+        lines.append(f"{row['name']:<{width}} {row['requests_per_s']:>8.1f} {row['p50_ms']:>8.2f} "
+                     f"{row['p90_ms']:>8.2f} {row['p99_ms']:>8.2f} {ratio:>14.2f}")
     lines += ["", "server side (perf_analyzer, mean us): queue / compute input / infer / output; network+server"]
-    for row in figures["oip"]:
+    side = max(22, *(len(row["name"]) for row in measured))
+    for row in measured:
         d = row["details"]
         parts = " / ".join(f"{d.get(c, float('nan')):.0f}" for c in CSV_SERVER_COLUMNS[2:6])
-        lines.append(f"  {row['name']:<22} {parts}; {d.get('Network+Server Send/Recv', float('nan')):.0f}")
-    warned = [(row["name"], line) for row in figures["oip"] for line in row.get("warnings", [])]
+        lines.append(f"  {row['name']:<{side}} {parts}; {d.get('Network+Server Send/Recv', float('nan')):.0f}")
+    split = latency_decomposition(base, figures["oip"], floor)
+    if split is not None:
+        sizes = figures.get("response_bytes") or {}
+        lines += ["", "streaming c=1 latency (p50), decomposed:",
+                  f"  {split['streaming_p50_ms']:>8.2f} ms  {RUNS[2].name}",
+                  f"- {split['floor_p50_ms']:>8.2f} ms  transport floor (gRPC Python + perf_analyzer for these message "
+                  "sizes, zero compute)",
+                  f"= {split['compute_and_overhead_ms']:>8.2f} ms  server compute + overhead, vs in-process ONNX "
+                  f"Runtime p50 {split['in_process_p50_ms']:.2f} ms ({split['beyond_in_process_ms']:+.2f} ms)"]
+        if sizes.get("floor") is not None:
+            lines.append(f"(transport floor: python -m {FLOOR_MODULE}, pvae_rates' interface with canned zero "
+                         f"outputs; response {sizes['floor']} bytes, pvae-serve's {sizes['pvae_serve']})")
+    warned = [(row["name"], line) for row in measured for line in row.get("warnings", [])]
     if warned:
         lines += ["", "perf_analyzer warnings (not fatal):", *(f"  {name}: {line}" for name, line in warned)]
     lines += ["", "targets:"]
@@ -809,12 +938,14 @@ def _parse(argv: Sequence[str] | None) -> tuple[OipBenchConfig, Path | None, boo
                         help="whitened natural-image patches, or a seeded standard normal")
     parser.add_argument("--seed", type=int, default=0, help="seed of --input normal")
     parser.add_argument("--server-arg", action="append", default=[], help="extra pvae-serve flag (repeatable)")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help=f"skip the transport-floor row (perf_analyzer against python -m {FLOOR_MODULE})")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
     parser.add_argument("--install-only", action="store_true", help="install perf_analyzer, print its path, exit")
     args = parser.parse_args(argv)
     config = OipBenchConfig(model=args.model, prefix=args.prefix, work_dir=args.work_dir, patches=args.patches,
                             window_ms=args.window_ms, max_trials=args.max_trials, input=args.input, seed=args.seed,
-                            server_args=tuple(args.server_arg))
+                            server_args=tuple(args.server_arg), floor=args.floor)
     return config, args.json, args.install_only
 
 

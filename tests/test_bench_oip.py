@@ -1,28 +1,40 @@
-"""pvae-bench-oip: perf_analyzer CSV parsing, the input JSON, the report's met/MISSED logic, the
-installer's skip-and-check path, and (gated) one real run of perf_analyzer against pvae-serve."""
+"""pvae-bench-oip: perf_analyzer CSV parsing, the input JSON, the report's met/MISSED logic and its
+transport-floor row, the installer's skip-and-check path, the transport-floor server
+(pvae.serving.oip_floor) under tritonclient.grpc, and (gated) one real run of perf_analyzer against
+pvae-serve and the floor."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import queue
+import signal
 import stat
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import tritonclient.grpc as triton
+from tritonclient.utils import InferenceServerException
 
 from pvae.errors import ConfigError
+from pvae.inference import model_config_pb2 as mc
 from pvae.serving import bench_oip
 from pvae.serving.bench_oip import (
     DEFAULT_PREFIX,
+    FLOOR_RUN,
     RUNS,
     BenchOipError,
     OipBenchConfig,
     format_report,
     install_perf_analyzer,
     is_installed,
+    latency_decomposition,
     main,
     parse_perf_csv,
     problem_lines,
@@ -193,10 +205,15 @@ def _row(name: str, rps: float, p99: float) -> dict[str, Any]:
                                           "Network+Server Send/Recv": 50.0}, "warnings": []}
 
 
-def _figures(stream_rps: float, stream_p99: float, base_rps: float = 400.0) -> dict[str, Any]:
+def _figures(stream_rps: float, stream_p99: float, base_rps: float = 400.0,
+             floor: dict[str, Any] | None = None) -> dict[str, Any]:
     baseline = {**_row("in-process ONNX Runtime", base_rps, 3.0), "details": {}, "requests": 1200}
     oip = [_row(RUNS[0].name, 300.0, 4.0), _row(RUNS[1].name, 320.0, 15.0), _row(RUNS[2].name, stream_rps, stream_p99)]
-    return {
+    extra: dict[str, Any] = {}
+    if floor is not None:
+        extra = {"floor": floor, "response_bytes": {"pvae_serve": 2457627, "floor": 2457627},
+                 "latency_decomposition": latency_decomposition(baseline, oip, floor)}
+    return {**extra,
         "config": {"window_ms": 3000, "cpu_count": 2, "load_average_1m_before": 0.5, "load_average_1m_after": 1.5,
                    "model_resolved": "bundle", "n_latents": 512},
         "perf_analyzer": {"version": "Perf Analyzer Version 2.51.0 (commit unknown)"},
@@ -253,6 +270,184 @@ def test_report_lists_perf_analyzer_warnings() -> None:
     figures = _figures(stream_rps=200.0, stream_p99=6.0)
     figures["oip"][1]["warnings"] = ["WARNING: overhead"]
     assert "  OIP unary c=4: WARNING: overhead" in format_report(figures)
+
+
+def _floor_row(rps: float = 197.0, p50: float = 3.8) -> dict[str, Any]:
+    return {**_row(FLOOR_RUN.name, rps, p50 * 2), "details": {
+        "Server Queue": 0.0, "Server Compute Input": 310.0, "Server Compute Infer": 0.0, "Server Compute Output": 90.0,
+        "Network+Server Send/Recv": 2900.0}, "warnings": ["WARNING: floor"]}
+
+
+def test_report_with_a_transport_floor_row() -> None:
+    """Figures of the issue: in-process p50 5.5 ms, streaming p50 12.4 ms, floor p50 3.8 ms."""
+    figures = _figures(stream_rps=76.0, stream_p99=24.8, base_rps=183.0, floor=_floor_row())
+    figures["in_process"]["p50_ms"] = 5.5
+    lines = format_report(figures).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    table = lines[header + 1:header + 6]
+    width = len(FLOOR_RUN.name)
+    assert [line[:width].strip() for line in table] == [
+        "in-process ONNX Runtime", *(r.name for r in RUNS), "transport floor (no compute), streaming c=1"]
+    assert table[4].split()[-5:] == ["197.0", "3.80", "6.08", "7.60", "1.08"]  # 197 / 183 req/s
+    assert len({len(line) for line in lines[header:header + 6]}) == 1  # the long name widens the column
+    assert f"  {FLOOR_RUN.name} 0 / 310 / 0 / 90; 2900" in lines
+    assert f"  {RUNS[2].name:<{width}} 10 / 20 / 30 / 40; 50" in lines
+    start = lines.index("streaming c=1 latency (p50), decomposed:")
+    assert lines[start + 1:start + 5] == [
+        "     12.40 ms  OIP streaming c=1",
+        "-     3.80 ms  transport floor (gRPC Python + perf_analyzer for these message sizes, zero compute)",
+        "=     8.60 ms  server compute + overhead, vs in-process ONNX Runtime p50 5.50 ms (+3.10 ms)",
+        "(transport floor: python -m pvae.serving.oip_floor, pvae_rates' interface with canned zero outputs; "
+        "response 2457627 bytes, pvae-serve's 2457627)"]
+    assert f"  {FLOOR_RUN.name}: WARNING: floor" in lines
+    # The targets stay those of the OIP streaming row: the floor's 197 req/s meets none of them.
+    assert "  streaming c=1 >= 350 req/s: MISSED (76.0 req/s)" in lines
+    assert [c["met"] for c in figures["targets"]] == [False, False, False, False]
+
+
+def test_latency_decomposition_figures() -> None:
+    baseline = _row("in-process ONNX Runtime", 183.0, 11.0)  # p50 5.5 ms
+    oip = [_row(RUNS[0].name, 70.0, 30.0), _row(RUNS[2].name, 76.0, 24.8)]  # streaming p50 12.4 ms
+    split = latency_decomposition(baseline, oip, _floor_row())
+    assert split == pytest.approx({"streaming_p50_ms": 12.4, "floor_p50_ms": 3.8, "compute_and_overhead_ms": 8.6,
+                                   "in_process_p50_ms": 5.5, "beyond_in_process_ms": 3.1})
+    assert latency_decomposition(baseline, oip, None) is None
+    assert latency_decomposition(baseline, oip[:1], _floor_row()) is None  # no streaming row
+
+
+def test_report_without_a_floor_has_no_floor_lines() -> None:
+    for figures in (_figures(200.0, 6.0), {**_figures(200.0, 6.0), "floor": None, "latency_decomposition": None}):
+        report = format_report(figures)
+        assert "transport floor" not in report and "decomposed" not in report
+
+
+def test_floor_flag_and_file_names() -> None:
+    assert bench_oip._parse([])[0].floor is True
+    assert bench_oip._parse(["--no-floor"])[0].floor is False
+    assert FLOOR_RUN.streaming and FLOOR_RUN.concurrency == 1 and FLOOR_RUN not in RUNS
+    assert FLOOR_RUN.slug == "floor_stream_c1" and FLOOR_RUN.slug not in {spec.slug for spec in RUNS}
+    config = OipBenchConfig(model="some.bundle")
+    assert bench_oip.floor_command(config, 8011)[1:] == [
+        "-m", "pvae.serving.oip_floor", "--host", "127.0.0.1", "--port", "8011", "--model", "some.bundle"]
+    assert "--model" not in bench_oip.floor_command(OipBenchConfig(), 8011)
+
+
+# ----------------------------------------------------------------------------- the transport-floor server
+
+
+@pytest.fixture(scope="module")
+def floor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``python -m pvae.serving.oip_floor`` for the bundled model (K=512), as pvae-bench-oip runs it; on
+    teardown, SIGTERM must stop it cleanly, and it must have printed nothing."""
+    log = tmp_path_factory.mktemp("floor") / "floor.log"
+    port = bench_oip._free_port()
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "pvae.serving.oip_floor", "--port", str(port)],
+                                   stdout=out, stderr=subprocess.STDOUT)
+    address = f"127.0.0.1:{port}"
+    try:
+        bench_oip._wait_ready(address, process, log, 60.0, "the transport floor")
+        yield address
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    assert code == 0
+    assert log.read_text() == ""
+
+
+@pytest.fixture
+def floor_client(floor_server: str) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(floor_server)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _patches_input(rows: int, dim: int = 256) -> triton.InferInput:
+    tensor = triton.InferInput("patches", [rows, dim], "FP32")
+    tensor.set_data_from_numpy(np.random.default_rng(rows).standard_normal((rows, dim)).astype(np.float32))
+    return tensor
+
+
+def test_floor_answers_metadata_config_and_health(floor_client: triton.InferenceServerClient) -> None:
+    client = floor_client
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("pvae_rates") and client.is_model_ready("pvae_rates", "1")
+    assert not client.is_model_ready("pvae_counts") and not client.is_model_ready("pvae_rates", "2")
+    assert "statistics" in client.get_server_metadata(as_json=True)["extensions"]
+    meta = client.get_model_metadata("pvae_rates", as_json=True)
+    assert meta["versions"] == ["1"] and meta["platform"] == "pvae_oip_floor"
+    assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta["inputs"]] == [
+        ("patches", "FP32", [-1, 256])]
+    assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta["outputs"]] == [
+        ("rates", "FP16", [-1, 512]), ("log_rates", "FP16", [-1, 512])]
+    config = client.get_model_config("pvae_rates").config
+    assert config.name == "pvae_rates" and config.max_batch_size == 0
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.input] == [("patches", mc.TYPE_FP32, [-1, 256])]
+    assert [(t.name, t.data_type, list(t.dims)) for t in config.output] == [
+        ("rates", mc.TYPE_FP16, [-1, 512]), ("log_rates", mc.TYPE_FP16, [-1, 512])]
+    assert not config.model_transaction_policy.decoupled
+    with pytest.raises(InferenceServerException, match="not served here"):
+        client.get_model_metadata("pvae_frame")
+
+
+def test_floor_infer_returns_canned_outputs_and_counts_them(floor_server: str,
+                                                            floor_client: triton.InferenceServerClient) -> None:
+    client = floor_client
+
+    def stats() -> Any:
+        (model,) = client.get_inference_statistics("pvae_rates").model_stats
+        return model
+
+    before = stats()
+    result = client.infer("pvae_rates", [_patches_input(1200)], request_id="req-42")
+    assert result.get_response().id == "req-42"
+    assert [(o.name, o.datatype, list(o.shape)) for o in result.get_response().outputs] == [
+        ("rates", "FP16", [1200, 512]), ("log_rates", "FP16", [1200, 512])]
+    for name in ("rates", "log_rates"):
+        array = result.as_numpy(name)
+        assert array.dtype == np.float16 and array.shape == (1200, 512) and not array.any()
+    one = client.infer("pvae_rates", [_patches_input(7)], request_id="fp32", outputs=[
+        triton.InferRequestedOutput("log_rates")], parameters={"float_format": "fp32"})
+    assert one.get_response().id == "fp32" and [o.name for o in one.get_response().outputs] == ["log_rates"]
+    assert one.as_numpy("log_rates").dtype == np.float32 and one.as_numpy("log_rates").shape == (7, 512)
+    with pytest.raises(InferenceServerException, match="patches"):
+        client.infer("pvae_rates", [_patches_input(3, 255)])
+    after = stats()
+    assert after.inference_count - before.inference_count == 2
+    assert after.execution_count - before.execution_count == 2
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 2
+    assert after.inference_stats.success.ns > before.inference_stats.success.ns
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 1
+    assert after.inference_stats.compute_input.count - before.inference_stats.compute_input.count == 2
+    assert after.inference_stats.compute_infer.ns == 0  # nothing is computed
+    assert after.last_inference > 0
+    # pvae-bench-oip's size check: the response as perf_analyzer gets it (two FP16 1200x512 outputs).
+    size = bench_oip._response_bytes(floor_server, "patches", np.zeros((1200, 256), np.float32))
+    assert 2 * 1200 * 512 * 2 < size < 2 * 1200 * 512 * 2 + 200
+
+
+def test_floor_stream_answers_in_order_with_in_band_errors(floor_client: triton.InferenceServerClient) -> None:
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    floor_client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        floor_client.async_stream_infer("pvae_rates", [_patches_input(1200)], request_id="s0")
+        floor_client.async_stream_infer("pvae_counts", [_patches_input(2)], request_id="s1")
+        floor_client.async_stream_infer("pvae_rates", [_patches_input(5)], request_id="s2")
+        got = [answers.get(timeout=30) for _ in range(3)]
+    finally:
+        floor_client.stop_stream()
+    (first, error0), (_, error1), (last, error2) = got
+    assert error0 is None and error2 is None
+    assert "NOT_FOUND" in str(error1)
+    assert first.get_response().id == "s0" and first.as_numpy("rates").shape == (1200, 512)
+    assert last.get_response().id == "s2" and last.as_numpy("log_rates").dtype == np.float16
 
 
 # ----------------------------------------------------------------------------- config and installer
@@ -346,9 +541,17 @@ def test_end_to_end_perf_analyzer_against_pvae_serve(tmp_path: Path, capsys: pyt
     assert len(figures["targets"]) == 4
     assert figures["input"]["shape"] == [1200, 256]
     assert np.array_equal(read_input_json(tmp_path / "work" / "input.json", "patches").shape, (1200, 256))
-    for spec in RUNS:
+    floor = figures["floor"]
+    assert floor["name"] == FLOOR_RUN.name and floor["requests_per_s"] > 0 and 0 < floor["p50_ms"] <= floor["p99_ms"]
+    sizes = figures["response_bytes"]
+    assert sizes["pvae_serve"] > 2 * 1200 * 512 * 2 and abs(sizes["floor"] - sizes["pvae_serve"]) < 100
+    assert figures["latency_decomposition"]["floor_p50_ms"] == floor["p50_ms"]
+    assert figures["floor_server_command"][1:3] == ["-m", "pvae.serving.oip_floor"]
+    assert figures["perf_analyzer"]["commands"][FLOOR_RUN.name][-1] == "--streaming"
+    for spec in (*RUNS, FLOOR_RUN):
         log = (tmp_path / "work" / f"perf_{spec.slug}.log").read_text()
         assert problem_lines(log.split("\n", 1)[1]) == []
         assert ("--streaming" in log.splitlines()[0]) == spec.streaming
     assert "OIP streaming c=1" in out and "targets:" in out
+    assert FLOOR_RUN.name in out and "streaming c=1 latency (p50), decomposed:" in out
     assert "perf_analyzer OIP streaming c=1" in err  # progress lines
