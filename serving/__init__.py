@@ -10,11 +10,18 @@ Modules, in the order a frame meets them::
     pack       fp16 rates, sparse/dense counts, PNG/JPEG images, frame statistics
     batcher    cross-stream batching of equal-size frames; bounded queue; overload
     messages   pvae.v1 messages <-> pipeline data
-    servicer   grpc.aio servicer: streams, windows, drops, status codes
+    servicer   grpc.aio servicer of pvae.v1: streams, windows, drops, status codes
+    oip        the Open Inference Protocol (KServe v2) servicer on the same pipeline and port
+    wire       malformed protobuf -> INVALID_ARGUMENT; request sizes; pre-serialized responses
+    security   TLS / mutual TLS, bearer tokens
+    memory     glibc malloc settings for megabyte messages
     metrics    Prometheus metrics on an injected registry
     server     pvae-serve: health, reflection, metrics HTTP, graceful drain
     inprocess  a server on a background thread (tests, notebooks, client tests)
+    reliability  pvae-reliability: load, faults, fuzz corpus
     bench      pvae-bench-serve: loopback streaming vs the in-process engine
+    bench_oip  pvae-bench-oip: perf_analyzer against the OIP endpoint vs in-process ONNX Runtime
+    oip_floor  the transport-floor OIP server that pvae-bench-oip measures (no compute)
 
     >>> from pvae.serving import InProcessServer, ServeConfig
     >>> with InProcessServer(ServeConfig(port=0, metrics_port=None), bundle=bundle) as server:
@@ -26,7 +33,7 @@ from pvae.serving.engine import DevicePlan, Engine, resolve_device
 from pvae.serving.errors import InferenceError, OverloadedError, PayloadTooLargeError, ServingError, UnavailableError
 from pvae.serving.inprocess import InProcessServer
 from pvae.serving.options import CountFormat, FloatFormat, ImageEncoding, Output, OutputSpec
-from pvae.serving.pipeline import FrameJob, PackedResult, PatchJob, Pipeline
+from pvae.serving.pipeline import FrameJob, PackedResult, PatchJob, Pipeline, SampleJob
 from pvae.serving.server import RunningServer, start_server
 from pvae.serving.source import resolve_bundle
 
@@ -47,6 +54,7 @@ __all__ = [
     "PayloadTooLargeError",
     "Pipeline",
     "RunningServer",
+    "SampleJob",
     "ServeConfig",
     "ServingError",
     "UnavailableError",
