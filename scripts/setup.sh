@@ -29,3 +29,10 @@ fi
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[cpu,dev]" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c "import pvae, torch, onnxruntime; print(f'setup: pvae {pvae.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}')"
+
+# Triton's perf_analyzer (tritonclient 2.51.0's binary + libb64 + libcudart, ~18 MB from the package
+# registries) into runs/tools/perf_analyzer, for `make bench-oip` and its end-to-end test. Not fatal:
+# without it that one test skips and says why.
+if ! "$VENV/bin/pvae-bench-oip" --install-only --prefix runs/tools/perf_analyzer >/dev/null; then
+    echo "setup: WARNING: perf_analyzer could not be installed; tests/test_bench_oip.py's end-to-end test will skip" >&2
+fi
