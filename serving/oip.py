@@ -67,9 +67,11 @@ __all__ = [
     "MODEL_NAMES",
     "MODEL_VERSION",
     "SERVICE_NAME",
+    "DurationStat",
     "InferenceServicer",
     "ModelNotFoundError",
     "ModelSpec",
+    "ModelStats",
     "TensorSpec",
     "model_specs",
 ]
@@ -281,7 +283,9 @@ def _varint(value: int) -> bytes:
 
 
 @dataclass
-class _Duration:
+class DurationStat:
+    """A count and a total duration, as Triton's StatisticDuration reports them."""
+
     count: int = 0
     ns: int = 0
 
@@ -294,23 +298,36 @@ class _Duration:
 
 
 @dataclass
-class _ModelStats:
-    """What ModelStatistics reports for one model (Triton's fields; nanoseconds)."""
+class ModelStats:
+    """What ModelStatistics reports for one model (Triton's fields; one execution per request)."""
 
     last_inference_ms: int = 0
     inference_count: int = 0
-    execution_count: int = 0
-    success: _Duration = field(default_factory=_Duration)
-    fail: _Duration = field(default_factory=_Duration)
-    queue: _Duration = field(default_factory=_Duration)
-    compute_input: _Duration = field(default_factory=_Duration)
-    compute_infer: _Duration = field(default_factory=_Duration)
-    compute_output: _Duration = field(default_factory=_Duration)
+    success: DurationStat = field(default_factory=DurationStat)
+    fail: DurationStat = field(default_factory=DurationStat)
+    queue: DurationStat = field(default_factory=DurationStat)
+    compute_input: DurationStat = field(default_factory=DurationStat)
+    compute_infer: DurationStat = field(default_factory=DurationStat)
+    compute_output: DurationStat = field(default_factory=DurationStat)
+
+    def succeeded(self, total_s: float, queue_s: float, input_s: float, infer_s: float, output_s: float) -> None:
+        """One answered request and the seconds it spent in each of Triton's phases."""
+        self.last_inference_ms = time.time_ns() // 1_000_000
+        self.inference_count += 1
+        self.success.add(total_s)
+        self.queue.add(queue_s)
+        self.compute_input.add(input_s)
+        self.compute_infer.add(infer_s)
+        self.compute_output.add(output_s)
+
+    def failed(self, total_s: float) -> None:
+        """One request that got an error status."""
+        self.fail.add(total_s)
 
     def message(self, name: str) -> oip.ModelStatistics:
         return oip.ModelStatistics(
             name=name, version=MODEL_VERSION, last_inference=self.last_inference_ms,
-            inference_count=self.inference_count, execution_count=self.execution_count,
+            inference_count=self.inference_count, execution_count=self.inference_count,
             inference_stats=oip.InferStatistics(
                 success=self.success.message(), fail=self.fail.message(), queue=self.queue.message(),
                 compute_input=self.compute_input.message(), compute_infer=self.compute_infer.message(),
@@ -346,7 +363,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         engine = encoder.pipeline.engine
         self.models = model_specs(engine.n_latents, engine.patch_dim)
         self._plan = engine.plan
-        self._stats = {name: _ModelStats() for name in self.models}
+        self._stats = {name: ModelStats() for name in self.models}
         self._streams: set[_OipStream] = set()
         self._builders: dict[str, Callable[[dict[str, np.ndarray], OutputSpec], Job]] = {
             "pvae_rates": self._rates_job, "pvae_counts": self._counts_job, "pvae_frame": self._frame_job}
@@ -513,7 +530,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         trip at 1200 patches). The fields come in field-number order, as protobuf writes them.
         """
         received = time.perf_counter()
-        stats: _ModelStats | None = None
+        stats: ModelStats | None = None
         try:
             self.metrics.received_bytes.labels(**rpc_labels(rpc)).inc(request_bytes(request))
             model = self._model(request.model_name, request.model_version)
@@ -543,18 +560,12 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             raise
         except Exception:
             if stats is not None:
-                stats.fail.add(time.perf_counter() - received)
+                stats.failed(time.perf_counter() - received)
             raise
         done = time.perf_counter()
         times = result.times
-        stats.last_inference_ms = int(time.time() * 1000)
-        stats.inference_count += 1
-        stats.execution_count += 1
-        stats.success.add(done - received)
-        stats.queue.add(times.queue)
-        stats.compute_input.add(times.decode)
-        stats.compute_infer.add(times.inference + times.sampling)
-        stats.compute_output.add(times.packing + (done - built))
+        stats.succeeded(done - received, times.queue, times.decode, times.inference + times.sampling,
+                        times.packing + (done - built))
         self.encoder.account(rpc, result)
         self.metrics.observe_stage("end_to_end", done - received)
         return pieces

@@ -33,7 +33,6 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -45,7 +44,7 @@ from pvae.inference import grpc_service_pb2 as oip
 from pvae.inference import grpc_service_pb2_grpc, model_config_pb2
 from pvae.serving.config import ServeConfig
 from pvae.serving.memory import tune_malloc
-from pvae.serving.oip import DATATYPES, MODEL_VERSION, SERVICE_NAME, ModelSpec, model_specs
+from pvae.serving.oip import DATATYPES, MODEL_VERSION, SERVICE_NAME, ModelSpec, ModelStats, model_specs
 
 __all__ = ["MODEL_NAME", "PLATFORM", "FloorServicer", "floor_model", "main", "start_floor"]
 
@@ -98,52 +97,6 @@ def floor_model(n_latents: int, patch_dim: int) -> ModelSpec:
 # ----------------------------------------------------------------------------- statistics
 
 
-@dataclass
-class _Duration:
-    count: int = 0
-    ns: int = 0
-
-    def add(self, ns: int) -> None:
-        self.count += 1
-        self.ns += ns
-
-    def message(self) -> oip.StatisticDuration:
-        return oip.StatisticDuration(count=self.count, ns=self.ns)
-
-
-@dataclass
-class _Stats:
-    """ModelStatistics of the one model (Triton's fields, nanoseconds; the floor has no queue and no compute)."""
-
-    last_inference_ms: int = 0
-    requests: int = 0
-    success: _Duration = field(default_factory=_Duration)
-    fail: _Duration = field(default_factory=_Duration)
-    queue: _Duration = field(default_factory=_Duration)
-    compute_input: _Duration = field(default_factory=_Duration)
-    compute_infer: _Duration = field(default_factory=_Duration)
-    compute_output: _Duration = field(default_factory=_Duration)
-
-    def succeeded(self, received: int, parsed: int, done: int) -> None:
-        """One answered request: parsing and checking it is 'compute input', assembling the answer 'output'."""
-        self.last_inference_ms = time.time_ns() // 1_000_000
-        self.requests += 1
-        self.success.add(done - received)
-        self.queue.add(0)
-        self.compute_input.add(parsed - received)
-        self.compute_infer.add(0)
-        self.compute_output.add(done - parsed)
-
-    def message(self, name: str) -> oip.ModelStatistics:
-        return oip.ModelStatistics(
-            name=name, version=MODEL_VERSION, last_inference=self.last_inference_ms,
-            inference_count=self.requests, execution_count=self.requests,
-            inference_stats=oip.InferStatistics(
-                success=self.success.message(), fail=self.fail.message(), queue=self.queue.message(),
-                compute_input=self.compute_input.message(), compute_infer=self.compute_infer.message(),
-                compute_output=self.compute_output.message()))
-
-
 # ----------------------------------------------------------------------------- the servicer
 
 
@@ -160,7 +113,7 @@ class FloorServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self.model = model
         self.max_rows = max_rows
         self.max_send_bytes = max_send_bytes
-        self.stats = _Stats()
+        self.stats = ModelStats()
         self._zeros = bytes(0)
 
     # ------------------------------------------------------------------ health and metadata
@@ -292,9 +245,11 @@ class FloorServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             for _ in names:
                 pieces += [_RAW_OUTPUT_KEY + _varint(size), zeros]
         except _Refused:
-            self.stats.fail.add(time.perf_counter_ns() - received)
+            self.stats.failed((time.perf_counter_ns() - received) / 1e9)
             raise
-        self.stats.succeeded(received, parsed, time.perf_counter_ns())
+        done = time.perf_counter_ns()
+        # parsing and checking the request is 'compute input', assembling the answer 'compute output'
+        self.stats.succeeded((done - received) / 1e9, 0.0, (parsed - received) / 1e9, 0.0, (done - parsed) / 1e9)
         return pieces
 
     async def ModelInfer(self, request: oip.ModelInferRequest,
