@@ -59,7 +59,7 @@ from pvae.serving.errors import PayloadTooLargeError, UnavailableError
 from pvae.serving.metrics import rpc_labels
 from pvae.serving.options import MAX_SEED, CountFormat, FloatFormat, ImageEncoding, Output, OutputSpec
 from pvae.serving.pipeline import FrameJob, Job, PackedResult, PatchJob, SampleJob
-from pvae.serving.servicer import EncoderServicer, cancel_code, status_for
+from pvae.serving.servicer import EncoderServicer, cancel_code, read_failure, status_for
 from pvae.serving.wire import request_bytes
 
 __all__ = [
@@ -627,11 +627,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 stream.queue.put_nowait(self._in_band_error(request, grpc.StatusCode.UNAVAILABLE,
                                                             "server is draining (shutting down)"))
             raise
-        except InputError as exc:  # an undecodable message (pvae.serving.wire): the stream's framing is lost
-            stream.fatal = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Exception as exc:  # the transport failed (e.g. a message over the size limit)
-            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.INTERNAL
-            stream.fatal = (code, f"stream read failed: {exc}")
+        except Exception as exc:  # a fatal read: the stream ends with this status
+            stream.fatal = read_failure(exc)
         finally:
             stream.queue.put_nowait(_END)
 

@@ -47,7 +47,7 @@ from pvae.serving.wire import request_bytes
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
-__all__ = ["MAX_REPORTED_DROPS", "EncoderServicer", "cancel_code", "status_for"]
+__all__ = ["MAX_REPORTED_DROPS", "EncoderServicer", "cancel_code", "read_failure", "status_for"]
 
 #: Sequence numbers listed per drop report (pvae.proto StreamEncodeResponse.dropped_sequences).
 MAX_REPORTED_DROPS = 64
@@ -66,6 +66,16 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, InferenceError):
         return grpc.StatusCode.INTERNAL, str(exc)
     return grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def read_failure(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The status that ends a stream whose request iterator raised ``exc``: INVALID_ARGUMENT for an
+    undecodable message (pvae.serving.wire; the stream's framing is lost), else the transport's code
+    (e.g. RESOURCE_EXHAUSTED for a message over the size limit)."""
+    if isinstance(exc, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.INTERNAL
+    return code, f"stream read failed: {exc}"
 
 
 def _code_number(code: grpc.StatusCode) -> int:
@@ -407,11 +417,8 @@ class EncoderServicer(pb_grpc.EncoderServicer):
                 stream.client_done = True
         except asyncio.CancelledError:
             raise
-        except InputError as exc:  # an undecodable message (pvae.serving.wire): the stream's framing is lost
-            stream.fatal = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except Exception as exc:  # the transport failed (e.g. a message over the size limit)
-            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.INTERNAL
-            stream.fatal = (code, f"stream read failed: {exc}")
+        except Exception as exc:  # a fatal read: the stream ends with this status
+            stream.fatal = read_failure(exc)
         finally:
             stream.reader_done = True
             stream.changed.notify()
