@@ -358,3 +358,25 @@ def test_manifest_paths_outside_the_bundle_are_refused(tiny_bundle: Bundle, tmp_
         InProcessServer(_config(), bundle=bundle, auth_tokens=()).start()
     assert serve_main(["--model", str(root), "--port", "0", "--metrics-port", "off", "--device", "cpu"]) == 2
     assert "outside the bundle" in capsys.readouterr().err
+
+
+def test_open_inference_protocol_is_behind_the_same_tls_and_tokens(pki: Pki, mtls_server: InProcessServer) -> None:
+    """tritonclient over mutual TLS: no token -> UNAUTHENTICATED on every OIP call; the token -> served."""
+    import tritonclient.grpc as triton
+    from tritonclient.utils import InferenceServerException
+
+    with triton.InferenceServerClient(mtls_server.address, ssl=True, root_certificates=str(pki.ca),
+                                      private_key=str(pki.client_key),
+                                      certificate_chain=str(pki.client_cert)) as client:
+        with pytest.raises(InferenceServerException) as info:
+            client.is_server_ready()
+        assert "UNAUTHENTICATED" in str(info.value.status())
+        with pytest.raises(InferenceServerException) as info:
+            client.get_model_metadata("pvae_rates", headers={"authorization": f"Bearer {OTHER_TOKEN}"})
+        assert "UNAUTHENTICATED" in str(info.value.status())
+        good = {"authorization": f"Bearer {TOKEN}"}
+        assert client.is_server_ready(headers=good)
+        dim = int(client.get_model_metadata("pvae_rates", headers=good).inputs[0].shape[1])
+        patches = triton.InferInput("patches", [2, dim], "FP32")
+        patches.set_data_from_numpy(np.zeros((2, dim), np.float32))
+        assert client.infer("pvae_rates", [patches], headers=good).as_numpy("rates").shape[0] == 2
