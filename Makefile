@@ -54,7 +54,7 @@ bench-train: setup
 ## Open Inference Protocol: pvae_rates 1200x256, unary c=1 and c=4, streaming c=1, vs in-process ONNX Runtime.
 bench-oip: setup
 	$(BIN)/pvae-bench-oip --prefix $(RUNS)/tools/perf_analyzer --work-dir $(RUNS)/bench-oip \
-		--json $(RUNS)/bench-oip/figures.json
+		--json $(RUNS)/bench-oip/figures.json --plot $(RUNS)/bench-oip/bench-oip.png
 
 clean:
 	rm -rf $(RUNS) .pytest_cache .ruff_cache .mypy_cache

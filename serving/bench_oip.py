@@ -36,7 +36,7 @@ Progress goes to stderr, the report to stdout; ``--json`` writes every figure. T
 the host's cores with the server, as the targets assume.
 
     pvae-bench-oip                                   # or: make bench-oip
-    pvae-bench-oip --window-ms 1000 --json runs/bench-oip/figures.json
+    pvae-bench-oip --window-ms 1000 --json runs/bench-oip/figures.json --plot runs/bench-oip/oip.png
     pvae-bench-oip --install-only                    # just install perf_analyzer, print its path
     pvae-bench-oip --model runs/quick/best.bundle --input normal
     pvae-bench-oip --no-floor                        # without the transport-floor row
@@ -200,6 +200,8 @@ class OipBenchConfig:
     """More pvae-serve flags."""
     floor: bool = True
     """Also measure the transport floor (pvae.serving.oip_floor); ``--no-floor`` turns it off."""
+    plot: Path | None = None
+    """Also write a PNG of the run here (``--plot``)."""
 
     def __post_init__(self) -> None:
         if self.patches < 1 or self.window_ms < 100 or self.max_trials < 3:
@@ -923,6 +925,53 @@ def format_report(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_plot(figures: dict[str, Any], path: Path) -> Path:
+    """A PNG of the run: req/s of every row (left), and the streaming c=1 mean latency split into the
+    transport floor and perf_analyzer's server-side phases (right)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # files only: no display on servers and CI
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise MissingDependencyError("--plot needs matplotlib: pip install 'pvae[train]' (or matplotlib)") from exc
+    rows = [figures["in_process"], *figures["oip"], *([figures["floor"]] if figures.get("floor") else [])]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
+    names = [row["name"] for row in rows]
+    colours = ["gray", *["C0"] * len(figures["oip"]), "C2"][:len(rows)]
+    left.barh(names, [row["requests_per_s"] for row in rows], color=colours)
+    left.axvline(TARGET_STREAM_RPS, color="C3", linestyle="--", label=f"target {TARGET_STREAM_RPS:g} req/s")
+    left.axvline(TRITON_REFERENCE_RPS, color="C1", linestyle=":",
+                 label=f"Triton 2.51 + ORT Python backend {TRITON_REFERENCE_RPS:g}")
+    left.invert_yaxis()
+    left.set(xlabel="requests/s", title="pvae_rates, 1200x256 per request")
+    left.legend(loc="lower right", fontsize=8)
+    left.grid(axis="x", alpha=0.3)
+    streaming = next(row for row in figures["oip"] if row["name"] == "OIP streaming c=1")
+    details = streaming.get("details") or {}
+    parts = [("server: input", details.get("Server Compute Input", 0.0)),
+             ("server: rates graph", details.get("Server Compute Infer", 0.0)),
+             ("server: FP16 + response", details.get("Server Compute Output", 0.0)),
+             ("server: queue", details.get("Server Queue", 0.0))]
+    floor = figures.get("floor")
+    if floor is not None:
+        parts.insert(0, ("transport floor (p50)", floor["p50_ms"] * 1e3))
+    bottom = 0.0
+    for index, (label, micros) in enumerate(parts):
+        right.bar(["streaming c=1"], [micros / 1e3], bottom=bottom, label=label, color=f"C{index + 2}")
+        bottom += micros / 1e3
+    right.bar(["in-process"], [figures["in_process"]["p50_ms"]], color="gray", label="in-process ONNX Runtime (p50)")
+    right.axhline(streaming["p50_ms"], color="black", linestyle="--",
+                  label=f"measured p50 {streaming['p50_ms']:.1f} ms")
+    right.set(ylabel="ms", title="where a request's time goes")
+    right.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def _parse(argv: Sequence[str] | None) -> tuple[OipBenchConfig, Path | None, bool]:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0] if __doc__ else "",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -941,11 +990,13 @@ def _parse(argv: Sequence[str] | None) -> tuple[OipBenchConfig, Path | None, boo
     parser.add_argument("--no-floor", dest="floor", action="store_false",
                         help=f"skip the transport-floor row (perf_analyzer against python -m {FLOOR_MODULE})")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also write a PNG: req/s of every row, and where the streaming c=1 latency goes")
     parser.add_argument("--install-only", action="store_true", help="install perf_analyzer, print its path, exit")
     args = parser.parse_args(argv)
     config = OipBenchConfig(model=args.model, prefix=args.prefix, work_dir=args.work_dir, patches=args.patches,
                             window_ms=args.window_ms, max_trials=args.max_trials, input=args.input, seed=args.seed,
-                            server_args=tuple(args.server_arg), floor=args.floor)
+                            server_args=tuple(args.server_arg), floor=args.floor, plot=args.plot)
     return config, args.json, args.install_only
 
 
@@ -964,6 +1015,8 @@ def _main(argv: Sequence[str] | None) -> int:
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(figures, indent=2))
+    if config.plot is not None:
+        progress(f"wrote {write_plot(figures, config.plot)}")
     return 0
 
 

@@ -555,3 +555,12 @@ def test_end_to_end_perf_analyzer_against_pvae_serve(tmp_path: Path, capsys: pyt
     assert "OIP streaming c=1" in out and "targets:" in out
     assert FLOOR_RUN.name in out and "streaming c=1 latency (p50), decomposed:" in out
     assert "perf_analyzer OIP streaming c=1" in err  # progress lines
+
+
+@pytest.mark.parametrize("with_floor", [True, False])
+def test_plot_is_written_with_and_without_the_floor(tmp_path: Path, with_floor: bool) -> None:
+    pytest.importorskip("matplotlib")
+    floor = {**_row(FLOOR_RUN.name, 218.0, 5.5), "p50_ms": 3.6} if with_floor else None
+    path = bench_oip.write_plot(_figures(stream_rps=70.0, stream_p99=18.0, floor=floor), tmp_path / "out" / "oip.png")
+    data = path.read_bytes()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
