@@ -2,9 +2,14 @@
 
 Frames wait in per-size queues. The dispatcher takes the size whose oldest frame waited longest,
 waits at most ``max_delay_s`` (since that frame arrived) for companions, and runs up to
-``max_batch`` of them in one inference call on the inference thread. While a call runs, new
+``max_batch`` of them in one inference call on an inference thread. While the calls run, new
 frames queue up, so batches grow with load by themselves. Sampling and packing of a finished
 batch run on a separate post-processing thread, overlapping the next inference call.
+
+``workers`` inference threads (default 1) may run calls at once: on a CPU host, two workers
+with one ONNX Runtime thread each keep both cores busy with two requests instead of splitting
+every call across the cores; the dispatcher waits for a free worker before it takes a batch, so
+batching still grows with load.
 
 Every queue is bounded:
 - at most ``max_queue`` frames wait for inference; beyond it ``submit`` raises OverloadedError
@@ -54,7 +59,7 @@ class Batcher:
     """The queue between the RPC handlers and the inference thread (see the module docstring)."""
 
     def __init__(self, pipeline: Pipeline, max_batch: int, max_delay_s: float, max_queue: int,
-                 metrics: Metrics | None = None, post_threads: int = 1) -> None:
+                 metrics: Metrics | None = None, post_threads: int = 1, workers: int = 1) -> None:
         self.pipeline = pipeline
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
@@ -66,7 +71,11 @@ class Batcher:
         self._post_slots: asyncio.Semaphore | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._closed = False
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="pvae-infer")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._infer_slots: asyncio.Semaphore | None = None
+        self._infer_pool = ThreadPoolExecutor(workers, thread_name_prefix="pvae-infer")
         self._post_pool = ThreadPoolExecutor(post_threads, thread_name_prefix="pvae-post") if post_threads else None
         self._tasks: set[asyncio.Task[None]] = set()  # post-processing and wake-up tasks in flight
 
@@ -75,7 +84,8 @@ class Batcher:
     async def start(self) -> None:
         """Start the dispatcher on the running event loop."""
         self._changed = asyncio.Condition()
-        self._post_slots = asyncio.Semaphore(MAX_BATCHES_IN_POST)
+        self._post_slots = asyncio.Semaphore(MAX_BATCHES_IN_POST + self.workers - 1)
+        self._infer_slots = asyncio.Semaphore(self.workers)
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="pvae-batcher")
 
     async def stop(self) -> None:
@@ -196,16 +206,18 @@ class Batcher:
 
     async def _dispatch_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        post_slots = self._post_slots
-        assert post_slots is not None
+        post_slots, infer_slots = self._post_slots, self._infer_slots
+        assert post_slots is not None and infer_slots is not None
         while True:
-            # Room in post-processing first, so frames keep gathering in the queue (bigger batches)
-            # instead of waiting, already taken, for a slot.
+            # A free worker and room in post-processing first, so frames keep gathering in the queue
+            # (bigger batches) instead of waiting, already taken, for a slot.
+            await infer_slots.acquire()
             await post_slots.acquire()
             items = await self._take_batch()
             live = [item for item in items if not item.cancelled]
             if not live:
                 post_slots.release()
+                infer_slots.release()
                 continue
             now = time.perf_counter()
             for item in live:
@@ -213,21 +225,29 @@ class Batcher:
                 item.job.times.queue = now - item.enqueued
                 if self.metrics is not None:
                     self.metrics.observe_stage("queue", item.job.times.queue)
-            try:
-                inferred = await loop.run_in_executor(self._infer_pool, self.pipeline.infer,
-                                                      [item.job for item in live])
-            except Exception as exc:  # the whole batch failed: each of its frames gets the error
-                post_slots.release()
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
-            if self.metrics is not None:
-                self.metrics.batch_size.observe(len(live))
-                self.metrics.observe_stage("inference", live[0].job.times.inference)
-            task = loop.create_task(self._post_process(inferred, live, post_slots))
+            task = loop.create_task(self._run_batch(live, post_slots, infer_slots))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def _run_batch(self, live: list[_Item], post_slots: asyncio.Semaphore,
+                         infer_slots: asyncio.Semaphore) -> None:
+        """One inference call on a worker thread, then its post-processing."""
+        loop = asyncio.get_running_loop()
+        try:
+            inferred = await loop.run_in_executor(self._infer_pool, self.pipeline.infer,
+                                                  [item.job for item in live])
+        except Exception as exc:  # the whole batch failed: each of its frames gets the error
+            post_slots.release()
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        finally:
+            infer_slots.release()
+        if self.metrics is not None:
+            self.metrics.batch_size.observe(len(live))
+            self.metrics.observe_stage("inference", live[0].job.times.inference)
+        await self._post_process(inferred, live, post_slots)
 
     async def _post_process(self, inferred: InferredBatch, items: list[_Item], slots: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()

@@ -58,6 +58,9 @@ class ServeConfig:
         "help": "Prometheus /metrics HTTP port; 0 picks a free one; unset in code disables it"})
     intra_op_threads: int = field(default=0, metadata={
         "help": "ONNX Runtime intra-op threads per session; 0 = one per core"})
+    inference_workers: int = field(default=1, metadata={
+        "help": "inference calls that may run at once; on a CPU host, N workers with --intra-op-threads 1 "
+                "serve N requests side by side instead of splitting each across the cores"})
     decode_threads: int = field(default=2, metadata={"help": "threads that decode JPEG/PNG frames"})
     max_batch_frames: int = field(default=8, metadata={
         "help": "most frames (of one size, from any streams) in one inference call"})
@@ -108,6 +111,8 @@ class ServeConfig:
                f"must be in [0, 65535], got {self.metrics_port}")
         _check(bool(self.host), "host", "must not be empty")
         _check(self.intra_op_threads >= 0, "intra_op_threads", f"must be >= 0, got {self.intra_op_threads}")
+        _check(1 <= self.inference_workers <= 64, "inference_workers",
+               f"must be 1..64, got {self.inference_workers}")
         _check(self.decode_threads >= 1, "decode_threads", f"must be >= 1, got {self.decode_threads}")
         _check(1 <= self.max_batch_frames <= 1024, "max_batch_frames",
                f"must be in [1, 1024], got {self.max_batch_frames}")

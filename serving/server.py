@@ -189,7 +189,8 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
     bundle = engine.bundle
     check_bundle_confined(bundle)
     pipeline = Pipeline(engine)
-    batcher = Batcher(pipeline, config.max_batch_frames, config.max_batch_delay_s, config.max_queue_frames, metrics)
+    batcher = Batcher(pipeline, config.max_batch_frames, config.max_batch_delay_s, config.max_queue_frames, metrics,
+                      workers=config.inference_workers)
     await batcher.start()
     info = _info(bundle, engine, config)
     metrics.model_info.info({

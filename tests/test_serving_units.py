@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Sequence
@@ -433,3 +434,44 @@ def test_serving_never_imports_torch() -> None:
     code = ("import sys; import pvae.serving, pvae.serving.server, pvae.serving.bench, pvae.serving.inprocess; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+class _OverlapPipeline(_FakePipeline):
+    """Records how many inference calls run at once."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(delay)
+        self._lock = threading.Lock()
+        self.active = 0
+        self.most = 0
+
+    def infer(self, jobs: Sequence[FrameJob]) -> InferredBatch:
+        with self._lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+        try:
+            return super().infer(jobs)
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_inference_workers_bound_the_calls_that_run_at_once(workers: int) -> None:
+    async def scenario() -> tuple[list[Any], _OverlapPipeline]:
+        pipeline = _OverlapPipeline(delay=0.05)
+        batcher = Batcher(pipeline, max_batch=1, max_delay_s=0.0, max_queue=16,  # type: ignore[arg-type]
+                          workers=workers)
+        await batcher.start()
+        results = await asyncio.gather(*(batcher.submit(_job(i, (16 + 16 * i, 16))) for i in range(6)))
+        await batcher.stop()
+        return results, pipeline
+
+    results, pipeline = _run(scenario())
+    assert [r.n_patches for r in results] == list(range(6))  # every caller gets its own result
+    assert pipeline.most == workers and len(pipeline.calls) == 6
+
+
+def test_inference_workers_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="workers"):
+        Batcher(_FakePipeline(), max_batch=1, max_delay_s=0.0, max_queue=1, workers=0)  # type: ignore[arg-type]
