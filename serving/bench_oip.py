@@ -648,22 +648,35 @@ def _oip_input(address: str, count: int, dim: int) -> str:
     return str(tensor.name)
 
 
-def _check_server_rates(address: str, name: str, patches: np.ndarray, expected: np.ndarray) -> float:
-    """One FP32 ModelInfer of ``patches``; the largest |server - in-process| / max |in-process| of the rates."""
+def _patches_request(name: str, patches: np.ndarray) -> Any:
+    """A ModelInferRequest of ``pvae_rates`` carrying ``patches`` as raw FP32 input ``name``."""
     from pvae.inference import grpc_service_pb2 as oip
-    from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 
     request = oip.ModelInferRequest(model_name=MODEL_NAME)
     request.inputs.add(name=name, datatype="FP32", shape=list(patches.shape))
-    request.outputs.add(name="rates")
-    request.parameters["float_format"].string_param = "fp32"
     request.raw_input_contents.append(np.ascontiguousarray(patches, dtype="<f4").tobytes())
+    return request
+
+
+def _model_infer(address: str, request: Any) -> Any:
+    """One ModelInfer at ``address``; BenchOipError naming the status if it fails."""
+    from pvae.inference import grpc_service_pb2_grpc as oip_grpc
+
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     with grpc.insecure_channel(address, options=options) as channel:
         try:
-            response = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30.0)
+            return oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30.0)
         except grpc.RpcError as exc:
-            raise BenchOipError(f"ModelInfer({MODEL_NAME}) failed: {exc.code().name}: {exc.details()}") from None
+            raise BenchOipError(f"ModelInfer({MODEL_NAME}) at {address} failed: {exc.code().name}: "
+                                f"{exc.details()}") from None
+
+
+def _check_server_rates(address: str, name: str, patches: np.ndarray, expected: np.ndarray) -> float:
+    """One FP32 ModelInfer of ``patches``; the largest |server - in-process| / max |in-process| of the rates."""
+    request = _patches_request(name, patches)
+    request.outputs.add(name="rates")
+    request.parameters["float_format"].string_param = "fp32"
+    response = _model_infer(address, request)
     rates = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(expected.shape)
     scale = float(np.max(np.abs(expected))) or 1.0
     return float(np.max(np.abs(rates.astype(np.float64) - expected))) / scale
@@ -672,19 +685,9 @@ def _check_server_rates(address: str, name: str, patches: np.ndarray, expected: 
 def _response_bytes(address: str, name: str, patches: np.ndarray) -> int:
     """Wire size of the ModelInferResponse to ``patches`` as perf_analyzer sends them (no outputs named: all,
     default FP16), after checking that every output is [rows, K] with as many bytes as its datatype needs."""
-    from pvae.inference import grpc_service_pb2 as oip
-    from pvae.inference import grpc_service_pb2_grpc as oip_grpc
-
-    request = oip.ModelInferRequest(model_name=MODEL_NAME, id="bench-oip-size")
-    request.inputs.add(name=name, datatype="FP32", shape=list(patches.shape))
-    request.raw_input_contents.append(np.ascontiguousarray(patches, dtype="<f4").tobytes())
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    with grpc.insecure_channel(address, options=options) as channel:
-        try:
-            response = oip_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=30.0)
-        except grpc.RpcError as exc:
-            raise BenchOipError(f"ModelInfer({MODEL_NAME}) at {address} failed: {exc.code().name}: "
-                                f"{exc.details()}") from None
+    request = _patches_request(name, patches)
+    request.id = "bench-oip-size"
+    response = _model_infer(address, request)
     itemsize = {"FP16": 2, "FP32": 4}
     shapes = [(t.name, t.datatype, list(t.shape)) for t in response.outputs]
     sizes = [len(raw) for raw in response.raw_output_contents]

@@ -64,8 +64,12 @@ from pvae.serving.wire import request_bytes
 
 __all__ = [
     "DATATYPES",
+    "FLOAT_DATATYPE",
+    "INFER_RESPONSE_TAG",
     "MODEL_NAMES",
     "MODEL_VERSION",
+    "PLATFORM",
+    "RAW_OUTPUT_TAG",
     "SERVICE_NAME",
     "DurationStat",
     "InferenceServicer",
@@ -73,7 +77,13 @@ __all__ = [
     "ModelSpec",
     "ModelStats",
     "TensorSpec",
+    "float_format",
+    "model_config",
+    "model_metadata",
     "model_specs",
+    "read_inputs",
+    "requested_outputs",
+    "varint",
 ]
 
 #: The full service name, as health checks and reflection know it.
@@ -92,7 +102,10 @@ DATATYPES: dict[str, tuple[np.dtype[Any], str | None, int]] = {
     "INT32": (np.dtype("<i4"), "int_contents", mc.TYPE_INT32),
     "UINT8": (np.dtype("u1"), "uint_contents", mc.TYPE_UINT8),
 }
-_FLOAT_DATATYPE = {FloatFormat.FP16: "FP16", FloatFormat.FP32: "FP32"}
+#: Datatype of rates and log-rates on the wire for each float format.
+FLOAT_DATATYPE = {FloatFormat.FP16: "FP16", FloatFormat.FP32: "FP32"}
+#: What ModelMetadata and ModelConfig call the platform of the exposed models.
+PLATFORM = "onnxruntime_onnx"
 #: Request parameter that picks the precision of rates and log-rates.
 FLOAT_FORMAT_PARAMETER = "float_format"
 
@@ -145,6 +158,32 @@ def model_specs(n_latents: int, patch_dim: int) -> dict[str, ModelSpec]:
     return {spec.name: spec for spec in specs}
 
 
+def model_metadata(model: ModelSpec, platform: str = PLATFORM) -> oip.ModelMetadataResponse:
+    """ModelMetadata of an exposed model."""
+    tensor = oip.ModelMetadataResponse.TensorMetadata
+    return oip.ModelMetadataResponse(
+        name=model.name, versions=[MODEL_VERSION], platform=platform,
+        inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.inputs],
+        outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.outputs])
+
+
+def model_config(model: ModelSpec, group: mc.ModelInstanceGroup, platform: str = PLATFORM,
+                 backend: str = "onnxruntime", description: str | None = None) -> mc.ModelConfig:
+    """Triton's description of an exposed model: no batch dimension (each request is one call), one
+    instance ``group``, not decoupled. An empty ``backend`` leaves the field unset."""
+    return mc.ModelConfig(
+        name=model.name, platform=platform, backend=backend, max_batch_size=0,
+        version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
+        input=[mc.ModelInput(name=t.name, data_type=DATATYPES[t.datatype][2], dims=t.shape, optional=t.optional)
+               for t in model.inputs],
+        output=[mc.ModelOutput(name=t.name, data_type=DATATYPES[t.datatype][2], dims=t.shape)
+                for t in model.outputs],
+        instance_group=[group],
+        model_transaction_policy=mc.ModelTransactionPolicy(decoupled=False),
+        parameters={"description": mc.ModelParameter(
+            string_value=model.description if description is None else description)})
+
+
 # ----------------------------------------------------------------------------- requests
 
 
@@ -152,7 +191,8 @@ def _tensor_error(kind: str, name: str, problem: str) -> InputError:
     return InputError(f"{kind} '{name}': {problem}")
 
 
-def _float_format(parameters: Any) -> FloatFormat:
+def float_format(parameters: Any) -> FloatFormat:
+    """The request parameter ``float_format`` (FP16 when absent); InputError on another value."""
     if FLOAT_FORMAT_PARAMETER not in parameters:
         return FloatFormat.FP16
     value = parameters[FLOAT_FORMAT_PARAMETER].string_param.lower()
@@ -163,7 +203,9 @@ def _float_format(parameters: Any) -> FloatFormat:
                          f"got {value!r}") from None
 
 
-def _requested_outputs(request: oip.ModelInferRequest, model: ModelSpec) -> list[TensorSpec]:
+def requested_outputs(request: oip.ModelInferRequest, model: ModelSpec) -> list[TensorSpec]:
+    """The outputs to return, in the request's order (all of the model's when it names none); InputError on an
+    unknown or repeated name."""
     if not request.outputs:
         return list(model.outputs)
     wanted: list[TensorSpec] = []
@@ -263,13 +305,13 @@ def _seed(arrays: dict[str, np.ndarray]) -> int | None:
     return seed
 
 
-#: Wire tags (field number << 3 | 2, length-delimited): ModelInferResponse.raw_output_contents (6)
-#: and ModelStreamInferResponse.infer_response (2).
-_RAW_OUTPUT_TAG = bytes([oip.ModelInferResponse.RAW_OUTPUT_CONTENTS_FIELD_NUMBER << 3 | 2])
-_INFER_RESPONSE_TAG = bytes([oip.ModelStreamInferResponse.INFER_RESPONSE_FIELD_NUMBER << 3 | 2])
+#: Wire tags (field number << 3 | 2, length-delimited) of a response assembled by hand:
+#: ModelInferResponse.raw_output_contents (6) and ModelStreamInferResponse.infer_response (2).
+RAW_OUTPUT_TAG = bytes([oip.ModelInferResponse.RAW_OUTPUT_CONTENTS_FIELD_NUMBER << 3 | 2])
+INFER_RESPONSE_TAG = bytes([oip.ModelStreamInferResponse.INFER_RESPONSE_FIELD_NUMBER << 3 | 2])
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
     """Protobuf's base-128 varint of a non-negative integer."""
     out = bytearray()
     while value > 0x7F:
@@ -427,27 +469,14 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             model = self._model(request.name, request.version)
         except ModelNotFoundError as exc:
             await self._abort(context, exc)
-        tensor = oip.ModelMetadataResponse.TensorMetadata
-        return oip.ModelMetadataResponse(
-            name=model.name, versions=[MODEL_VERSION], platform="onnxruntime_onnx",
-            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.inputs],
-            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in model.outputs])
+        return model_metadata(model)
 
     def model_config(self, model: ModelSpec) -> mc.ModelConfig:
-        """Triton's description of an exposed model (no batch dimension: each request is one call)."""
+        """Triton's description of an exposed model, with an instance group of the serving device."""
         kind = mc.ModelInstanceGroup.KIND_GPU if self._plan.kind == "cuda" else mc.ModelInstanceGroup.KIND_CPU
         group = mc.ModelInstanceGroup(name=f"{model.name}_0", kind=kind, count=1,
                                       gpus=[self._plan.device_id] if self._plan.kind == "cuda" else [])
-        return mc.ModelConfig(
-            name=model.name, platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=0,
-            version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
-            input=[mc.ModelInput(name=t.name, data_type=DATATYPES[t.datatype][2], dims=t.shape, optional=t.optional)
-                   for t in model.inputs],
-            output=[mc.ModelOutput(name=t.name, data_type=DATATYPES[t.datatype][2], dims=t.shape)
-                    for t in model.outputs],
-            instance_group=[group],
-            model_transaction_policy=mc.ModelTransactionPolicy(decoupled=False),
-            parameters={"description": mc.ModelParameter(string_value=model.description)})
+        return model_config(model, group)
 
     async def ModelConfig(self, request: oip.ModelConfigRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelConfigResponse:
@@ -510,7 +539,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         rows_by_k = [result.n_patches, result.n_latents]
         if spec.name in ("rates", "log_rates"):
             data = result.rates if spec.name == "rates" else result.log_rates
-            datatype = _FLOAT_DATATYPE[result.float_format]
+            datatype = FLOAT_DATATYPE[result.float_format]
         elif spec.name == "counts":
             data, datatype = result.counts_i32, "INT32"
         else:  # reconstruction
@@ -536,8 +565,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             model = self._model(request.model_name, request.model_version)
             stats = self._stats[model.name]
             self.encoder.check_available()
-            outputs = _requested_outputs(request, model)
-            spec = self._spec(outputs, _float_format(request.parameters))
+            outputs = requested_outputs(request, model)
+            spec = self._spec(outputs, float_format(request.parameters))
             job = self._builders[model.name](read_inputs(request, model, self.config.max_frame_bytes), spec)
             job.times.decode = time.perf_counter() - received
             self.metrics.observe_stage("decode", job.times.decode)
@@ -554,7 +583,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                 head.parameters["grid_cols"].int64_param = result.grid_cols
             pieces = [head.SerializeToString()]
             for _, _, data in tensors:
-                pieces += [_RAW_OUTPUT_TAG + _varint(len(data)), data]
+                pieces += [RAW_OUTPUT_TAG + varint(len(data)), data]
             self.encoder.check_size(sum(len(piece) for piece in pieces))
         except asyncio.CancelledError:
             raise
@@ -593,7 +622,7 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         try:
             pieces = await self.infer(request, STREAM, wait=True)
             size = sum(len(piece) for piece in pieces)
-            wire = b"".join([_INFER_RESPONSE_TAG, _varint(size), *pieces])  # ModelStreamInferResponse.infer_response
+            wire = b"".join([INFER_RESPONSE_TAG, varint(size), *pieces])  # ModelStreamInferResponse.infer_response
             self.metrics.sent_bytes.labels(**rpc_labels(STREAM)).inc(len(wire))
             return wire
         except asyncio.CancelledError:

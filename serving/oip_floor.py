@@ -39,12 +39,28 @@ import grpc
 
 from pvae import __version__
 from pvae.cli import run_cli
-from pvae.errors import ConfigError
+from pvae.errors import ConfigError, InputError
 from pvae.inference import grpc_service_pb2 as oip
 from pvae.inference import grpc_service_pb2_grpc, model_config_pb2
 from pvae.serving.config import ServeConfig
 from pvae.serving.memory import tune_malloc
-from pvae.serving.oip import DATATYPES, MODEL_VERSION, SERVICE_NAME, ModelSpec, ModelStats, model_specs
+from pvae.serving.oip import (
+    DATATYPES,
+    FLOAT_DATATYPE,
+    INFER_RESPONSE_TAG,
+    MODEL_VERSION,
+    RAW_OUTPUT_TAG,
+    SERVICE_NAME,
+    ModelSpec,
+    ModelStats,
+    float_format,
+    model_config,
+    model_metadata,
+    model_specs,
+    requested_outputs,
+    varint,
+)
+from pvae.serving.wire import passing_bytes
 
 __all__ = ["MODEL_NAME", "PLATFORM", "FloorServicer", "floor_model", "main", "start_floor"]
 
@@ -55,30 +71,7 @@ MODEL_NAME = "pvae_rates"
 PLATFORM = "pvae_oip_floor"
 #: pvae-serve's defaults: gRPC message limits and the most rows one request may carry.
 _SERVE_DEFAULTS = ServeConfig()
-_FLOAT_PARAMETER = "float_format"
-#: float_format parameter value -> datatype of the outputs (FP16 when absent, as pvae-serve).
-_FLOAT_FORMATS = {"fp16": "FP16", "fp32": "FP32"}
 _INFER_METHODS = (f"/{SERVICE_NAME}/ModelInfer", f"/{SERVICE_NAME}/ModelStreamInfer")
-
-
-def _varint(value: int) -> bytes:
-    """Protobuf's base-128 encoding of a non-negative integer."""
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if not value:
-            out.append(low)
-            return bytes(out)
-        out.append(low | 0x80)
-
-
-def _field_key(number: int) -> bytes:
-    """The key of a length-delimited field (wire type 2)."""
-    return _varint(number << 3 | 2)
-
-
-_RAW_OUTPUT_KEY = _field_key(oip.ModelInferResponse.RAW_OUTPUT_CONTENTS_FIELD_NUMBER)
-_STREAM_RESPONSE_KEY = _field_key(oip.ModelStreamInferResponse.INFER_RESPONSE_FIELD_NUMBER)
 
 
 class _Refused(Exception):
@@ -92,9 +85,6 @@ class _Refused(Exception):
 def floor_model(n_latents: int, patch_dim: int) -> ModelSpec:
     """The spec of ``pvae_rates`` for a bundle of ``n_latents`` latents and ``patch_dim``-pixel patches."""
     return model_specs(n_latents, patch_dim)[MODEL_NAME]
-
-
-# ----------------------------------------------------------------------------- statistics
 
 
 # ----------------------------------------------------------------------------- the servicer
@@ -146,27 +136,14 @@ class FloorServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: oip.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelMetadataResponse:
         await self._check_model(request.name, request.version, context)
-        tensor = oip.ModelMetadataResponse.TensorMetadata
-        return oip.ModelMetadataResponse(
-            name=self.model.name, versions=[MODEL_VERSION], platform=PLATFORM,
-            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in self.model.inputs],
-            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in self.model.outputs])
+        return model_metadata(self.model, PLATFORM)
 
     def model_config(self) -> model_config_pb2.ModelConfig:
         """The model as Triton describes one: no batch dimension, one CPU instance, not decoupled."""
-        mc = model_config_pb2
-        return mc.ModelConfig(
-            name=self.model.name, platform=PLATFORM, max_batch_size=0,
-            version_policy=mc.ModelVersionPolicy(latest=mc.ModelVersionPolicy.Latest(num_versions=1)),
-            input=[mc.ModelInput(name=t.name, data_type=DATATYPES[t.datatype][2], dims=t.shape)
-                   for t in self.model.inputs],
-            output=[mc.ModelOutput(name=t.name, data_type=DATATYPES[t.datatype][2], dims=t.shape)
-                    for t in self.model.outputs],
-            instance_group=[mc.ModelInstanceGroup(name=f"{self.model.name}_0", kind=mc.ModelInstanceGroup.KIND_CPU,
-                                                  count=1)],
-            model_transaction_policy=mc.ModelTransactionPolicy(decoupled=False),
-            parameters={"description": mc.ModelParameter(
-                string_value="transport floor: canned zero outputs, no inference")})
+        group = model_config_pb2.ModelInstanceGroup(name=f"{self.model.name}_0", count=1,
+                                                    kind=model_config_pb2.ModelInstanceGroup.KIND_CPU)
+        return model_config(self.model, group, PLATFORM, backend="",
+                            description="transport floor: canned zero outputs, no inference")
 
     async def ModelConfig(self, request: oip.ModelConfigRequest,
                           context: grpc.aio.ServicerContext[Any, Any]) -> oip.ModelConfigResponse:
@@ -220,17 +197,11 @@ class FloorServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         received = time.perf_counter_ns()
         try:
             rows = self._rows(request)
-            datatype = "FP16"
-            if _FLOAT_PARAMETER in request.parameters:
-                value = request.parameters[_FLOAT_PARAMETER].string_param.lower()
-                if value not in _FLOAT_FORMATS:
-                    raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"parameter '{_FLOAT_PARAMETER}': \"fp16\" or "
-                                   f"\"fp32\", got {value!r}")
-                datatype = _FLOAT_FORMATS[value]
-            names = [t.name for t in request.outputs] or [t.name for t in self.model.outputs]
-            if len(set(names)) != len(names) or any(self.model.output(name) is None for name in names):
-                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, f"outputs {names}: {self.model.name} has "
-                               f"{', '.join(t.name for t in self.model.outputs)}, each at most once")
+            try:
+                datatype = FLOAT_DATATYPE[float_format(request.parameters)]
+                names = [t.name for t in requested_outputs(request, self.model)]
+            except InputError as exc:
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
             k = self.model.outputs[0].shape[1]
             size = rows * k * DATATYPES[datatype][0].itemsize
             if len(names) * size > self.max_send_bytes:
@@ -243,7 +214,7 @@ class FloorServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             zeros = self._zeros_of(size)
             pieces: list[bytes | memoryview] = [head.SerializeToString()]
             for _ in names:
-                pieces += [_RAW_OUTPUT_KEY + _varint(size), zeros]
+                pieces += [RAW_OUTPUT_TAG + varint(size), zeros]
         except _Refused:
             self.stats.failed((time.perf_counter_ns() - received) / 1e9)
             raise
@@ -273,15 +244,10 @@ class FloorServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                                                           model_version=request.model_version, id=request.id))
                 continue
             size = sum(len(piece) for piece in pieces)
-            yield b"".join([_STREAM_RESPONSE_KEY, _varint(size), *pieces])
+            yield b"".join([INFER_RESPONSE_TAG, varint(size), *pieces])
 
 
 # ----------------------------------------------------------------------------- server
-
-
-def _serialize(response: Any) -> bytes:
-    """Bytes as they are (a response the servicer serialized itself), else protobuf's serialization."""
-    return response if isinstance(response, bytes) else bytes(response.SerializeToString())
 
 
 class _PreSerialized(grpc.aio.ServerInterceptor):
@@ -294,9 +260,10 @@ class _PreSerialized(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method not in _INFER_METHODS:
             return handler
+        serialize = passing_bytes(handler.response_serializer)
         if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(handler.unary_unary, handler.request_deserializer, _serialize)
-        return grpc.stream_stream_rpc_method_handler(handler.stream_stream, handler.request_deserializer, _serialize)
+            return grpc.unary_unary_rpc_method_handler(handler.unary_unary, handler.request_deserializer, serialize)
+        return grpc.stream_stream_rpc_method_handler(handler.stream_stream, handler.request_deserializer, serialize)
 
 
 async def start_floor(model: ModelSpec, host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.aio.Server, int]:

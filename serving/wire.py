@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError
 from pvae.errors import InputError
 
 __all__ = ["SERVICE_PREFIX", "MalformedMessage", "MalformedMessageError", "MalformedMessageInterceptor",
-           "request_bytes"]
+           "passing_bytes", "request_bytes"]
 
 #: Methods this interceptor guards: pvae.v1 and the Open Inference Protocol (health and reflection keep gRPC's own).
 SERVICE_PREFIX = ("/pvae.v1.", "/inference.GRPCInferenceService/")
@@ -86,7 +86,7 @@ async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield request
 
 
-def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+def passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
     """A response serializer that sends ``bytes`` as they are: a handler may return a message it
     serialized itself (pvae.serving.oip assembles megabyte responses without copying them twice)."""
     if serializer is None:
@@ -100,7 +100,7 @@ def _passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any],
 
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     deserializer = _tolerant(handler.request_deserializer, method)
-    serializer = _passing_bytes(handler.response_serializer)
+    serializer = passing_bytes(handler.response_serializer)
     if handler.unary_unary is not None:
         unary = handler.unary_unary
 
