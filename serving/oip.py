@@ -529,10 +529,10 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         return FrameJob(frame, spec, secrets.randbelow(MAX_SEED + 1) if seed is None else seed)
 
     @staticmethod
-    def _spec(outputs: list[TensorSpec], float_format: FloatFormat) -> OutputSpec:
+    def _spec(outputs: list[TensorSpec], fmt: FloatFormat) -> OutputSpec:
         wanted = {Output(t.name) for t in outputs if t.name in ("rates", "log_rates", "counts", "reconstruction")}
         return OutputSpec(frozenset(wanted), count_format=CountFormat.DENSE_I32, image_encoding=ImageEncoding.RAW,
-                          float_format=float_format)
+                          float_format=fmt)
 
     @staticmethod
     def _output(result: PackedResult, spec: TensorSpec) -> tuple[str, list[int], bytes]:
