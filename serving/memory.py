@@ -6,7 +6,7 @@ dynamic threshold says so, and freed with ``munmap``, or it sits at the top of t
 trimmed back to the kernel on free. Either way the next request faults the same pages in again:
 about 300 page faults per megabyte, several milliseconds per response measured here (building and
 serialising a 2.4 MB ModelInferResponse took 9.9 ms with the defaults and 1.0 ms with the settings
-below, on the 2-core CPU host).
+below, on the 2-core CPU host, in a one-off in-process timing).
 
 ``tune_malloc`` raises the mmap threshold to glibc's largest (32 MiB on 64-bit) and the trim
 threshold to 256 MiB, so freed buffers stay in the process and are reused. The cost is resident
