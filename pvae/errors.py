@@ -8,6 +8,7 @@ console script turns it into a one-line message and a non-zero exit (see ``pvae.
     ├── BundleError             an export bundle is missing, corrupt or inconsistent
     ├── DeviceError             the requested device (e.g. CUDA) is not available
     ├── InputError              a request has a bad shape, dtype, size or encoding
+    ├── TrainingDivergedError   a training loss became NaN or infinite (the last good checkpoint is kept)
     └── MissingDependencyError  an optional extra is not installed
 """
 
@@ -38,6 +39,10 @@ class DeviceError(PVAEError):
 
 class InputError(PVAEError, ValueError):
     """An input has a bad shape, dtype, size or encoding."""
+
+
+class TrainingDivergedError(PVAEError):
+    """A training run produced a NaN or infinite loss or gradient; nothing after it was saved."""
 
 
 class MissingDependencyError(PVAEError, ImportError):

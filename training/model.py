@@ -290,9 +290,12 @@ def build_latent(cfg: ModelConfig) -> LatentFamily:
 @dataclass
 class VAEOutput:
     posterior: Posterior
-    z: Tensor  # (B, K) the sample that was decoded
+    z: Tensor  # (B, K) the sample that was decoded (the rates themselves for the exact loss)
     recon: Tensor  # (B, D)
     kl: Tensor  # (B, K)
+    #: (B,) sum_k lambda_k ||phi_k||^2, the Poisson noise term of the exact loss (None otherwise):
+    #: E_z ||x - Phi z||^2 = ||x - Phi lambda||^2 + recon_variance.
+    recon_variance: Tensor | None = None
 
 
 class VAE(nn.Module):
@@ -315,9 +318,21 @@ class VAE(nn.Module):
         return self.decoder(z)
 
     def forward(
-        self, x: Tensor, temperature: float, generator: torch.Generator | None = None,
+        self, x: Tensor, temperature: float, generator: torch.Generator | None = None, exact: bool = False,
     ) -> VAEOutput:
+        """Encode, sample at ``temperature`` (0: exact counts) and decode.
+
+        With ``exact`` (P-VAE with a linear decoder only, the paper's "exact" method) nothing is
+        sampled: the rates are decoded and ``recon_variance`` carries the Poisson noise term, so
+        that ``loss_terms`` returns the closed-form expected reconstruction error.
+        """
         post = self.encode(x)
+        if exact:
+            if not isinstance(self.latent, PoissonLatent) or not isinstance(self.decoder, nn.Linear):
+                raise TypeError("the exact loss needs Poisson latents and a linear decoder")
+            rate = post.params["rate"]  # (B, K)
+            variance = rate @ self.decoder.weight.pow(2).sum(0)  # (B,) sum_k lambda_k ||phi_k||^2
+            return VAEOutput(post, rate, self.decode(rate), self.latent.kl(post), variance)
         z = self.latent.sample(post, temperature, generator)  # (B, K)
         return VAEOutput(post, z, self.decode(z), self.latent.kl(post))
 
@@ -335,8 +350,14 @@ def reconstruction_error(x: Tensor, recon: Tensor) -> Tensor:
 
 
 def loss_terms(x: Tensor, out: VAEOutput, beta: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, mse, kl), each averaged over the batch: loss = mse + beta * kl (pvae-model.md)."""
-    mse = reconstruction_error(x, out.recon.float()).mean()
+    """(loss, mse, kl), each averaged over the batch: loss = mse + beta * kl (pvae-model.md).
+
+    For an exact-loss output, mse is the expected error over Poisson counts (closed form).
+    """
+    error = reconstruction_error(x, out.recon.float())  # (B,)
+    if out.recon_variance is not None:
+        error = error + out.recon_variance.float()
+    mse = error.mean()
     kl = out.kl.sum(dim=-1).mean()
     return mse + beta * kl, mse, kl
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from pvae import __version__
 from pvae.cli import run_cli
-from pvae.errors import ConfigError
+from pvae.errors import ConfigError, TrainingDivergedError
 from pvae.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pvae.training.config import (
     PRESETS,
@@ -45,7 +45,7 @@ from pvae.training.device import resolve_device
 from pvae.training.evaluate import evaluate_model
 from pvae.training.model import VAE, PoissonLatent, loss_terms
 from pvae.training.sampling import n_exp_for_rate
-from pvae.training.schedules import beta_at, lr_factor_at, temperature_at
+from pvae.training.schedules import beta_at, in_warmup, lr_factor_at, temperature_at
 
 #: Files a run directory holds.
 LAST, BEST, LOG, BASIS_PNG, CURVES_PNG = "last.pt", "best.pt", "metrics.jsonl", "basis.png", "curves.png"
@@ -118,11 +118,11 @@ class Trainer:
         if isinstance(self.model.latent, PoissonLatent):
             self.model.latent.straight_through = cfg.straight_through
             self.model.latent.n_exp = cfg.n_exp_init
-        self.optimizer = torch.optim.Adamax(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adamax(param_groups(self.model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps_per_epoch = max(1, self.train_x.shape[0] // cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor_at(s, self.total_steps, self.cfg))
+            self.optimizer, lambda s: lr_factor_at(s, self.total_steps, self.cfg, self.steps_per_epoch))
         # One generator for batch order (identical on all ranks) and one for sampling (per rank).
         self.order_gen = torch.Generator().manual_seed(cfg.seed)
         self.sample_gen = torch.Generator(device=self.device).manual_seed(cfg.seed * 1_000_003 + self.dist.rank)
@@ -142,6 +142,12 @@ class Trainer:
             raise ConfigError(f"--resume: {path} has no optimiser state (a slimmed checkpoint?)")
         self.optimizer.load_state_dict(ckpt.optimizer_state)
         self.scheduler.load_state_dict(ckpt.scheduler_state)
+        # The peak rates come from the config given now (the saved state holds the old ones), so
+        # that `--resume --lr X` continues at X; with an unchanged config this changes nothing.
+        peaks = [group.get("lr_peak", self.cfg.lr) for group in param_groups(self.model, self.cfg)]
+        self.scheduler.base_lrs = list(peaks)
+        for group, peak in zip(self.optimizer.param_groups, peaks, strict=True):
+            group["initial_lr"] = peak
         state = ckpt.metrics.get("trainer_state", {})
         self.order_gen.set_state(torch.as_tensor(state["order_rng"], dtype=torch.uint8))
         if self.dist.rank == 0:
@@ -185,17 +191,27 @@ class Trainer:
         sums = torch.zeros(3, device=self.device)  # loss, mse, kl
         max_rate = torch.zeros((), device=self.device)
         temperature = beta = 0.0
+        exact = cfg.loss == "exact"
         for i in range(self.steps_per_epoch):
             temperature = temperature_at(self.step, self.total_steps, cfg)
             beta = beta_at(self.step, self.total_steps, cfg)
             idx = order[i * cfg.batch_size + rank * local: i * cfg.batch_size + (rank + 1) * local]
             x = self.train_x[idx]  # (B, D)
             with self._autocast():
-                out = self.net(x, temperature=temperature, generator=self.sample_gen)
+                out = self.net(x, temperature=temperature, generator=self.sample_gen, exact=exact)
             loss, mse, kl = loss_terms(x, out, beta)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            clip = cfg.grad_clip * (cfg.warmup_clip_multiplier
+                                    if in_warmup(self.step, self.total_steps, self.steps_per_epoch, cfg) else 1.0)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            # One host sync per step: a NaN/inf loss or gradient stops the run before it reaches
+            # the parameters, so last.pt/best.pt stay the last good epoch's.
+            if not bool(torch.isfinite(loss.detach() + grad_norm)):
+                raise TrainingDivergedError(
+                    f"training diverged at step {self.step + 1} (epoch {self.epoch + 1}): loss {loss.item():.4g}, "
+                    f"gradient norm {grad_norm.item():.4g}; kept the last good checkpoint in {self.out_dir} "
+                    "(lower --lr or --grad-clip)")
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
@@ -216,6 +232,10 @@ class Trainer:
         stats = {"loss": loss_m, "mse": mse_m, "kl": kl_m, "temperature": temperature, "beta": beta,
                  "lr": self.scheduler.get_last_lr()[0]}
         if isinstance(self.model.latent, PoissonLatent):
+            # Where the prior sits: a run that leaves its starting prior moves these.
+            q = torch.quantile(self.model.latent.log_rate.detach().float().cpu(),
+                               torch.tensor([0.25, 0.5, 0.75])).tolist()
+            stats["prior_log_rate_q25"], stats["prior_log_rate_median"], stats["prior_log_rate_q75"] = q
             # Re-estimate the truncation of Algorithm 1 from the largest rate seen (paper: every epoch).
             stats["max_rate"] = max_rate.item()
             stats["n_exp"] = self.model.latent.n_exp
@@ -268,6 +288,16 @@ class Trainer:
             save_checkpoint(ckpt, self.out_dir / BEST)
 
 
+def param_groups(model: VAE, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Optimiser groups: the P-VAE prior log-rates at ``prior_lr_multiplier`` x lr, the rest at lr."""
+    if not isinstance(model.latent, PoissonLatent) or cfg.prior_lr_multiplier == 1.0:
+        return [{"params": list(model.parameters())}]
+    prior = model.latent.log_rate
+    rest = [p for p in model.parameters() if p is not prior]
+    peak = cfg.lr * cfg.prior_lr_multiplier
+    return [{"params": rest}, {"params": [prior], "lr": peak, "lr_peak": peak}]
+
+
 def write_figures(out_dir: Path, model: VAE, history: list[dict[str, Any]], val_x: torch.Tensor) -> list[Path]:
     """The learned basis (decoder columns ordered by KL) and the training curves, as PNGs."""
     from pvae.training.plots import save_basis_png, save_curves_png
@@ -301,6 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT already holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--stop-after-epochs", type=int, default=None, metavar="N",
+                   help="stop after epoch N of the configured schedule (schedules keep their full length; "
+                        "--resume continues): to study the start of a long run")
     docs = _field_docs()  # parsed only when a parser is built, not on every import
     for cls, group_name in ((ModelConfig, "model"), (TrainConfig, "training")):
         group = p.add_argument_group(group_name)
@@ -370,7 +403,9 @@ def _main(argv: Sequence[str] | None) -> int:
                   f"{trainer.device} x{dist_info.world_size}, {trainer.train_x.shape[0]} train / "
                   f"{trainer.val_x.shape[0]} val samples of {cfg.data}, {trainer.total_steps} steps -> {args.out}",
                   file=sys.stderr)
-        final = trainer.run()
+        if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
+            raise ConfigError(f"--stop-after-epochs: must be >= 1, got {args.stop_after_epochs}")
+        final = trainer.run(until_epoch=args.stop_after_epochs)
         if dist_info.is_main:
             figures = write_figures(args.out, trainer.model, trainer.history, trainer.val_x)
             summary = {k: final[k] for k in ("epoch", "loss", "val_mse", "val_mse_map", "val_kl",
