@@ -148,6 +148,7 @@ class FramePreprocess(nn.Module):
     lcn_pad: int
     lcn_epsilon: float
     zscore_epsilon: float
+    zscore_floor: float
 
     def __init__(self, config: PatchConfig | None) -> None:
         super().__init__()
@@ -161,6 +162,7 @@ class FramePreprocess(nn.Module):
         self.lcn_pad = window.shape[0] // 2
         self.lcn_epsilon = LCN_EPSILON
         self.zscore_epsilon = ZSCORE_EPSILON
+        self.zscore_floor = float(config.zscore_floor) if config else 0.0
 
     def _correlate(self, x: Tensor, kernel: Tensor, pad: int) -> Tensor:
         # F.conv2d correlates (no flip), exactly like data.filter2d / cv2.filter2D.
@@ -178,9 +180,10 @@ class FramePreprocess(nn.Module):
         local_std = torch.sqrt(torch.clamp(local_var, min=0.0))  # clamp absorbs filtering round-off
         floor = local_std.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1) per-frame mean of s
         x = centred / (torch.maximum(local_std, floor) + self.lcn_epsilon)
-        # 3. per-frame z-score (std with ddof=0)
+        # 3. per-frame z-score (std with ddof=0), the divisor floored at zscore_floor
         x = x - x.mean(dim=(2, 3), keepdim=True)
-        x = x / (torch.sqrt((x * x).mean(dim=(2, 3), keepdim=True)) + self.zscore_epsilon)
+        std = torch.sqrt((x * x).mean(dim=(2, 3), keepdim=True))  # (B, 1, 1, 1)
+        x = x / (torch.clamp(std, min=self.zscore_floor) + self.zscore_epsilon)
         return x[:, 0]  # (B, H, W)
 
 

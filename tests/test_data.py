@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import shutil
@@ -65,7 +66,7 @@ def reference_preprocess(image: np.ndarray, cfg: PatchConfig) -> np.ndarray:
     mean = reference_filter2d(x, window)
     std = np.sqrt(np.maximum(reference_filter2d((x - mean) ** 2, window), 0.0))
     x = (x - mean) / (np.maximum(std, std.mean()) + 1e-8)
-    return (x - x.mean()) / (x.std() + 1e-8)
+    return (x - x.mean()) / (max(x.std(), cfg.zscore_floor) + 1e-8)
 
 
 def smooth_noise(shape: tuple[int, int], seed: int) -> np.ndarray:
@@ -212,6 +213,26 @@ def test_preprocess_matches_reference_and_is_z_scored() -> None:
     assert float(out.std()) == pytest.approx(1.0, abs=1e-4)
     # The contract an exported frame graph relies on: the documented ops reproduce it.
     np.testing.assert_allclose(out, reference_preprocess(image / 255.0, PatchConfig()), atol=1e-5)
+
+
+def test_preprocess_does_not_amplify_clipped_black_and_white_images() -> None:
+    """The z-score's divisor is floored: a thresholded (black-and-white) picture, whose contrast after
+    local normalisation is low, is not blown up beyond the training range, while a textured image
+    is z-scored exactly as before."""
+    textured = smooth_noise((96, 96), seed=5)
+    plain = dataclasses.replace(PatchConfig(), zscore_floor=0.0)
+    np.testing.assert_array_equal(preprocess_image(textured, PatchConfig()), preprocess_image(textured, plain))
+    bw = np.zeros((96, 96), np.uint8)
+    bw[30:70, 20:50] = 255  # one white block on black: edges only
+    floored, amplified = preprocess_image(bw, PatchConfig()), preprocess_image(bw, plain)
+    assert float(amplified.std()) == pytest.approx(1.0, abs=1e-4)
+    assert float(floored.std()) < 0.9 and np.abs(floored).max() < np.abs(amplified).max()
+    np.testing.assert_allclose(floored, reference_preprocess(bw / 255.0, PatchConfig()), atol=1e-5)
+    # Configs saved before the floor existed keep the plain z-score they were trained with.
+    legacy = {k: v for k, v in PatchConfig().to_dict().items() if k != "zscore_floor"}
+    assert PatchConfig.from_dict(legacy).zscore_floor == 0.0
+    with pytest.raises(ConfigError, match="zscore_floor"):
+        PatchConfig(zscore_floor=-1.0)
 
 
 def test_preprocess_treats_uint8_as_scaled_float() -> None:

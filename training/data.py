@@ -86,7 +86,7 @@ logger = logging.getLogger(__name__)
 
 # Bump whenever the arithmetic of preprocessing, block splitting or patch sampling changes: it is
 # part of the cache key, and export/serving record it next to the preprocessing they rebuild.
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: the z-score divides by max(std, zscore_floor)
 
 # ITU-R BT.601 luma weights for R, G, B. OpenCV uses the same weights for COLOR_BGR2GRAY and for
 # cv2.imread(..., IMREAD_GRAYSCALE), so skimage images, user images and served frames all agree.
@@ -101,6 +101,11 @@ UINT16_MAX = 65535.0
 LCN_EPSILON = 1e-8
 # Added to the per-image standard deviation in the z-score, for the same reason.
 ZSCORE_EPSILON = 1e-8
+# Default floor of the z-score's divisor. After local contrast normalisation the training photographs
+# have a standard deviation of 0.51-0.84 (all above it, so their patches are unchanged), while clipped
+# black-and-white pictures fall to 0.28-0.46; a plain z-score would amplify those up to 3.6x, far
+# outside the training range (patch energies up to 3,400 against at most ~1,000 in training).
+ZSCORE_FLOOR = 0.5
 
 # Side of the frequency grid on which R(f) is sampled before the inverse FFT. Much larger than any
 # kernel we crop from it, so the sampled spectrum stands in for the continuous filter.
@@ -220,6 +225,10 @@ class PatchConfig:
     every patch lies inside one block, so block_size >= patch_size."""
     seed: int = 0
     """Seed of the block split and of patch sampling; >= 0."""
+    zscore_floor: float = ZSCORE_FLOOR
+    """The per-image z-score divides by max(std, zscore_floor): an image with little contrast after
+    local normalisation (a clipped, black-and-white or mostly flat picture) is not amplified by more
+    than 1/zscore_floor. 0 is a plain z-score (checkpoints made before this field existed)."""
 
     def __post_init__(self) -> None:
         _check_int("patch_size", self.patch_size, 2)
@@ -232,9 +241,11 @@ class PatchConfig:
         _check_float("val_fraction", self.val_fraction, 0.0, 1.0, inclusive_high=False)
         _check_int("block_size", self.block_size, self.patch_size)
         _check_int("seed", self.seed, 0)
+        if not (isinstance(self.zscore_floor, int | float) and 0.0 <= self.zscore_floor <= 10.0):
+            raise ConfigError(f"zscore_floor must be in [0, 10], got {self.zscore_floor!r}")
         # Store floats as floats, so that PatchConfig(lcn_sigma=2) and PatchConfig(lcn_sigma=2.0)
         # compare, serialise and hash (cache key) identically.
-        for name in ("whiten_f0", "lcn_sigma", "val_fraction"):
+        for name in ("whiten_f0", "lcn_sigma", "val_fraction", "zscore_floor"):
             object.__setattr__(self, name, float(getattr(self, name)))
 
     @property
@@ -261,7 +272,8 @@ class PatchConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown PatchConfig field(s) {unknown}; known fields are {sorted(known)}")
-        return cls(**dict(data))
+        # Configs written before zscore_floor existed used a plain z-score: keep them exactly as they were.
+        return cls(**{"zscore_floor": 0.0, **dict(data)})
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,8 +393,9 @@ def preprocess_image(image: np.ndarray, cfg: PatchConfig) -> np.ndarray:
        m = G*x; s = sqrt(max(G*(x - m)^2, 0)); x = (x - m) / (max(s, mean(s)) + LCN_EPSILON),
        where mean(s) is the scalar mean of s over the image. G*(x - m)^2 (not G*x^2 - m^2) avoids
        cancellation; the max(., 0) only absorbs filtering round-off.
-    3. Z-score over the image: x = (x - mean(x)) / (std(x) + ZSCORE_EPSILON), std with ddof=0,
-       i.e. sqrt(mean((x - mean(x))^2)).
+    3. Z-score over the image: x = (x - mean(x)) / (max(std(x), cfg.zscore_floor) + ZSCORE_EPSILON),
+       std with ddof=0, i.e. sqrt(mean((x - mean(x))^2)); the floor keeps low-contrast images from
+       being amplified beyond the training range.
     """
     x = _as_unit_float(image)
     if min(x.shape) < cfg.min_image_size:
@@ -399,7 +412,7 @@ def preprocess_image(image: np.ndarray, cfg: PatchConfig) -> np.ndarray:
     x = centred / (np.maximum(local_std, local_std.mean()) + LCN_EPSILON)
     # 3. per-image z-score
     x = x - x.mean()
-    x = x / (np.sqrt(np.mean(x * x)) + ZSCORE_EPSILON)
+    x = x / (max(float(np.sqrt(np.mean(x * x))), cfg.zscore_floor) + ZSCORE_EPSILON)
     return x.astype(np.float32)
 
 
