@@ -139,31 +139,62 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--max-samples", type=int, default=20_000, help="validation samples to use")
     p.add_argument("--seed", type=int, default=0, help="seed of the exact Poisson samples")
-    p.add_argument("--data", help="evaluate on this dataset instead of the checkpoint's own")
+    p.add_argument("--photos", nargs="?", const="held-out", metavar="DIR",
+                   help="also score whole photos the model never trained on (mse_map against the all-zeros "
+                        "predictor, per photo, with contrast-stretched and black-and-white versions): the built-in "
+                        "held-out set (scikit-learn's, matplotlib's and scikit-image's clock), or every image in DIR")
+    p.add_argument("--data", help="evaluate on this dataset instead of the checkpoint's own (natural patches are "
+                   "then sampled with the default patch count, so every checkpoint sees the same ones)")
     return p
 
 
 def evaluate_checkpoint(path: str | Path | None, device: str = "auto", max_samples: int = 20_000,
-                        seed: int = 0, data: str | None = None) -> dict[str, Any]:
+                        seed: int = 0, data: str | None = None, photos: str | None = None) -> dict[str, Any]:
+    from pvae.errors import ConfigError
     from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
+    from pvae.training.config import TrainConfig
     from pvae.training.device import resolve_device
     from pvae.training.train import load_training_data
 
     ckpt = load_checkpoint(path if path is not None else default_model_path())
     dev = resolve_device(device)
     model = build_model(ckpt, dev)
-    train_cfg = ckpt.train_config if data is None else dataclasses.replace(ckpt.train_config, data=data)
+    if data is None:
+        train_cfg = ckpt.train_config
+    else:
+        # A named dataset is always read with the default sampling (not the checkpoint's own patch
+        # count), so that every checkpoint evaluated with the same --data sees the same samples.
+        train_cfg = dataclasses.replace(ckpt.train_config, data=data, n_patches=TrainConfig().n_patches)
     dataset = load_training_data(train_cfg)
+    if tuple(dataset.image_shape) != tuple(ckpt.model_config.input_shape):
+        raise ConfigError(f"--data: {dataset.name} holds {dataset.image_shape[0]}x{dataset.image_shape[1]} inputs, "
+                          f"but the model takes {ckpt.model_config.input_shape[0]}x{ckpt.model_config.input_shape[1]}")
     val = torch.as_tensor(dataset.val[:max_samples])
-    report: dict[str, Any] = {"checkpoint": str(ckpt.path), "data": dataset.name,
+    report: dict[str, Any] = {"checkpoint": str(ckpt.path), "data": dataset.name, "n_val_samples": int(val.shape[0]),
                               "model": ckpt.model_config.arch, "latent": ckpt.model_config.latent,
                               "n_latents": ckpt.model_config.n_latents}
     report["metrics"] = evaluate_model(model, val, seed=seed)
+    if photos is not None:
+        report["photos"] = _photo_scores(model, ckpt.data, None if photos == "held-out" else photos)
     labels = dataset.val_labels
     if labels is not None:
         feats = encode_features(model, torch.as_tensor(dataset.val))
         report["knn"] = knn_few_label(feats, np.asarray(labels), seed=seed)
     return report
+
+
+def _photo_scores(model: VAE, data_meta: dict[str, Any], folder: str | None) -> dict[str, Any]:
+    from pvae.errors import ConfigError
+    from pvae.training.data import PatchConfig
+    from pvae.training.photos import evaluate_photos, held_out_photos
+
+    preprocessing = data_meta.get("preprocessing")
+    if not preprocessing:
+        raise ConfigError("--photos: this checkpoint was not trained on natural patches (no preprocessing to apply)")
+    scores = evaluate_photos(model, PatchConfig.from_dict(preprocessing), held_out_photos(folder))
+    ratios = [s["ratio"] for s in scores.values()]
+    return {"source": folder or "held-out", "worst_ratio": max(ratios), "median_ratio": float(np.median(ratios)),
+            "per_photo": scores}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    report = evaluate_checkpoint(args.checkpoint, args.device, args.max_samples, args.seed, args.data)
+    report = evaluate_checkpoint(args.checkpoint, args.device, args.max_samples, args.seed, args.data, args.photos)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -184,6 +215,10 @@ def _main(argv: Sequence[str] | None) -> int:
               f"data {report['data']})")
         for key, value in report["metrics"].items():
             print(f"  {key:24s} {value:.6g}")
+        if "photos" in report:
+            print(f"  photos ({report['photos']['source']}): mse_map / all-zeros per photo")
+            for name, score in report["photos"]["per_photo"].items():
+                print(f"    {name:24s} {score['mse_map']:9.1f} / {score['zeros']:7.1f} = {score['ratio']:.3f}")
         for n, acc in report.get("knn", {}).items():
             print(f"  knn@{n:<20s} {acc['mean']:.4f} ± {acc['ci95']:.4f}")
     sys.stdout.flush()
