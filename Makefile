@@ -12,12 +12,12 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 setup: $(STAMP)
 
-## demo: set up, train and evaluate the quick model, then serve the bundled model and stream a
-## synthetic camera pan through it (side-by-side video + summary in runs/demo/).
+## demo: set up, train and evaluate the quick model, then serve that model and stream a synthetic
+## camera pan through it (side-by-side video of model input | reconstruction | spikes, summary in runs/demo/).
 demo: setup
 	$(BIN)/pvae-train --preset quick --device auto --out $(RUNS)/quick --overwrite
-	$(BIN)/pvae-eval $(RUNS)/quick/best.pt --json --out $(RUNS)/quick/eval.json
-	$(BIN)/python -m pvae.clients.demo --frames 300 --out $(RUNS)/demo/side_by_side.mp4
+	$(BIN)/pvae-eval $(RUNS)/quick/best.pt --photos --out $(RUNS)/quick/eval.json
+	$(BIN)/python -m pvae.clients.demo --model $(RUNS)/quick/best.pt --frames 300 --out $(RUNS)/demo/side_by_side.mp4
 
 ## test: set up, lint, type-check, run the test suite (what CI runs).
 test: setup lint typecheck pytest

@@ -39,7 +39,7 @@ from .errors import SourceError
 from .frames import DEFAULT_JPEG_QUALITY, FRAME_ENCODINGS
 from .options import POLICIES, EncodeOptions, OutputName, Policy
 from .recorders import CodeRecorder, VideoRecorder
-from .render import SideBySide
+from .render import SideBySide, explained_variance
 from .results import FrameResult, ServerInfo
 from .sources import SYNTHETIC, FrameSource, SyntheticSource, limited, open_source, paced, parse_size, resized
 from .stats import StatsSnapshot, StreamStats
@@ -144,7 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
                                  help="encode one image with unary Encode")
     encode.add_argument("image", help="an image file (PNG, JPEG, ...); colour is read as BT.601 gray")
     encode.add_argument("--out", metavar="RECON.png", help="write the reconstruction (PNG/JPEG/BMP by suffix)")
-    encode.add_argument("--picture", metavar="FILE.png", help="write input | reconstruction | spike counts")
+    encode.add_argument("--picture", metavar="FILE.png",
+                        help="write model input (whitened) | reconstruction | spike counts, side by side")
+    encode.add_argument("--camera", action="store_true",
+                        help="pictures: add the frame as sent (un-whitened) in front of the model-space panels")
+    encode.add_argument("--stretch", action="store_true",
+                        help="pictures: show model input and reconstruction with one shared contrast stretch")
     encode.add_argument("--save", metavar="FILE.npz", help="write the codes (rates, counts, seed)")
     encode.add_argument("--seed", type=_seed, help="sampler seed (default: the server draws one; it is printed)")
     encode.add_argument("--float-format", choices=("fp16", "fp32"), default="fp16", help="precision of the rates")
@@ -177,10 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="quality of --encoding jpeg, 1..100")
     stream.add_argument("--float-format", choices=("fp16", "fp32"), default="fp16", help="precision of the rates")
     stream.add_argument("--out", metavar="FILE.mp4",
-                        help="write a side-by-side video: input | reconstruction | spike-count map (.mp4 or .avi)")
+                        help="write a side-by-side video: model input (whitened) | reconstruction | spike-count map "
+                             "(.mp4 or .avi)")
     stream.add_argument("--save", metavar="FILE.npz", help="write the codes: rates, exact counts, seeds, sequences")
-    stream.add_argument("--preprocessed", action="store_true",
-                        help="add the model input (whitened frame) as a panel between input and reconstruction")
+    stream.add_argument("--camera", action="store_true",
+                        help="pictures: add the frame as sent (un-whitened) in front of the model-space panels")
+    stream.add_argument("--stretch", action="store_true",
+                        help="pictures: show model input and reconstruction with one shared contrast stretch")
     stream.add_argument("--view", action="store_true",
                         help="serve a live page (picture and stats) on loopback and print its URL")
     stream.add_argument("--view-host", default=DEFAULT_VIEW_HOST, metavar="HOST",
@@ -275,18 +283,19 @@ def _encode(args: argparse.Namespace) -> int:
     image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise SourceError(f"{path}: not an image OpenCV can read")
-    outputs: tuple[OutputName, ...] = ("rates", "counts", "reconstruction", "stats")
+    outputs: tuple[OutputName, ...] = ("rates", "counts", "reconstruction", "preprocessed", "stats")
     options = EncodeOptions(outputs=outputs, seed=args.seed, float_format=args.float_format)
     with _client(args) as client:
         info = client.info()
         result = client.encode(path.read_bytes(), options)  # the file as is: the server decodes it exactly
     assert result.reconstruction is not None and result.counts is not None and result.stats is not None
+    explained = explained_variance(result.preprocessed, result.reconstruction)
     written = []
     if args.out:
         _imwrite(args.out, result.reconstruction)
         written.append(args.out)
     if args.picture:
-        picture = SideBySide().render(result, image)
+        picture = SideBySide(show_camera=args.camera, stretch=args.stretch).render(result, image)
         assert picture is not None
         _imwrite(args.picture, picture)
         written.append(args.picture)
@@ -300,6 +309,7 @@ def _encode(args: argparse.Namespace) -> int:
         "grid": [result.grid_rows, result.grid_cols], "n_latents": result.n_latents, "seed": result.seed,
         "total_spikes": result.stats.total_spikes, "active_fraction": result.stats.active_fraction,
         "population_sparsity": result.stats.population_sparsity, "mean_rate": result.stats.mean_rate,
+        "explained_variance": explained,
         "latency_seconds": result.latency_seconds, "written": written,
     }
     if args.json:
@@ -308,11 +318,16 @@ def _encode(args: argparse.Namespace) -> int:
     print(f"{path}: {result.width}x{result.height} -> {result.grid_rows}x{result.grid_cols} patches x "
           f"{result.n_latents} latents; {result.stats.total_spikes} spikes "
           f"({100 * result.stats.active_fraction:.2f}% active, population sparsity "
-          f"{result.stats.population_sparsity:.3f}); seed {result.seed}; "
+          f"{result.stats.population_sparsity:.3f}); explained variance {_ev_text(explained)} "
+          f"(model space); seed {result.seed}; "
           f"{(result.latency_seconds or 0) * 1e3:.1f} ms")
     for item in written:
         print(f"wrote {item}")
     return 0
+
+
+def _ev_text(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _imwrite(path: str, image: np.ndarray) -> None:
@@ -349,6 +364,8 @@ class _Sinks:
     codes: CodeRecorder | None = None
     view: WebView | None = None
     window: WindowView | None = None
+    explained: list[float] = dataclasses.field(default_factory=list)
+    """Explained variance (model space) of every rendered frame, in order."""
 
     def close(self) -> None:
         if self.video is not None:
@@ -362,9 +379,7 @@ class _Sinks:
 def _stream_outputs(args: argparse.Namespace, wants_picture: bool) -> tuple[OutputName, ...]:
     outputs: list[OutputName] = ["counts", "stats"]
     if wants_picture:
-        outputs.append("reconstruction")
-        if args.preprocessed:
-            outputs.append("preprocessed")
+        outputs += ["reconstruction", "preprocessed"]
     if args.save:
         outputs.append("rates")
     return tuple(outputs)
@@ -384,10 +399,13 @@ def _progress(total: int | None, disabled: bool) -> Any:
                 desc="streaming")
 
 
-def _postfix(snapshot: StatsSnapshot) -> dict[str, str]:
+def _postfix(snapshot: StatsSnapshot, explained: float | None) -> dict[str, str]:
     latency = snapshot.recent_latency_seconds
-    return {"fps": f"{snapshot.recent_fps:.1f}", "latency": "-" if latency is None else f"{latency * 1e3:.1f}ms",
-            "drops": str(snapshot.frames_dropped)}
+    postfix = {"fps": f"{snapshot.recent_fps:.1f}", "latency": "-" if latency is None else f"{latency * 1e3:.1f}ms",
+               "drops": str(snapshot.frames_dropped)}
+    if explained is not None:
+        postfix["EV"] = f"{explained:.2f}"
+    return postfix
 
 
 def _consume(results: Iterator[FrameResult], stats: StreamStats, sinks: _Sinks, bar: Any) -> str:
@@ -396,6 +414,9 @@ def _consume(results: Iterator[FrameResult], stats: StreamStats, sinks: _Sinks, 
     for result in results:
         bar.update((0 if result.is_drop_report else 1) + result.dropped_count)
         picture = sinks.renderer.render(result) if sinks.renderer is not None else None
+        explained = sinks.renderer.last_explained_variance if sinks.renderer is not None else None
+        if picture is not None and explained is not None:
+            sinks.explained.append(explained)
         if picture is not None and sinks.video is not None:
             sinks.video.write(picture)
         if sinks.codes is not None:
@@ -406,7 +427,7 @@ def _consume(results: Iterator[FrameResult], stats: StreamStats, sinks: _Sinks, 
             sinks.view.update(picture, stats.snapshot().to_dict() if fresh_stats else None)
             last_view = now if fresh_stats else last_view
         if now - last_postfix >= POSTFIX_PERIOD_S:
-            bar.set_postfix(_postfix(stats.snapshot()), refresh=False)
+            bar.set_postfix(_postfix(stats.snapshot(), explained), refresh=False)
             last_postfix = now
         if picture is not None and sinks.window is not None and not sinks.window.show(picture):
             return "closed"
@@ -416,7 +437,7 @@ def _consume(results: Iterator[FrameResult], stats: StreamStats, sinks: _Sinks, 
 def _open_sinks(args: argparse.Namespace, client: Client, info: ServerInfo, source: FrameSource,
                 options: EncodeOptions, policy: str, sinks: _Sinks) -> None:
     if args.out or args.view or args.show:
-        sinks.renderer = SideBySide(show_preprocessed=args.preprocessed)
+        sinks.renderer = SideBySide(show_camera=args.camera, stretch=args.stretch)
     if args.out:
         sinks.video = VideoRecorder(args.out, args.fps or source.fps)
     if args.save:
@@ -465,15 +486,26 @@ def _stream(args: argparse.Namespace) -> int:
         written.append({"path": str(sinks.video.path), "kind": "video", "frames": sinks.video.frames})
     if sinks.codes is not None and len(sinks.codes):
         written.append({"path": str(sinks.codes.save()), "kind": "codes", "frames": len(sinks.codes)})
+    explained = _explained_summary(sinks.explained)
     if args.json:
         _print_json({**snapshot.to_dict(), "source": source.name, "server": client.address, "policy": policy,
-                     "ending": ending, "written": written})
+                     "ending": ending, "written": written, "explained_variance": explained})
         return 0
     print(f"{PROG}: {ending}: {source.name} -> {client.address}")
     print(snapshot.summary())
+    if explained is not None:
+        print(f"explained variance per frame (model space): mean {explained['mean']:.3f}, "
+              f"min {explained['min']:.3f}, max {explained['max']:.3f} over {explained['frames']} frames")
     for item in written:
         print(f"wrote {item['path']} ({item['frames']} frames)")
     return 0
+
+
+def _explained_summary(values: list[float]) -> dict[str, Any] | None:
+    if not values:
+        return None
+    return {"frames": len(values), "mean": float(np.mean(values)), "min": float(np.min(values)),
+            "max": float(np.max(values)), "per_frame": [round(v, 4) for v in values]}
 
 
 # ----------------------------------------------------------------------------- entry point

@@ -139,6 +139,8 @@ def run_demo(model: str | None = None, frames: int = DEFAULT_FRAMES, out: Path =
     """Run the demo (see the module docstring); returns the client's exit status."""
     started = time.monotonic()
     port = free_port()
+    print(f"{PROG}: serving {'the model ' + model if model is not None else 'the bundled default model (pvae/models)'}",
+          flush=True)
     with running_server(model, port, out.parent / "server.log", timeout_s) as address:
         remaining = max(1.0, timeout_s - (time.monotonic() - started))
         argv = ["stream", "--source", "synthetic", "--frames", str(frames), "--server", address, "--out", str(out),

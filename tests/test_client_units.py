@@ -3,6 +3,7 @@ recorders, the web view, and the CLI's one-line errors (bad sources, unreachable
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import urllib.error
@@ -409,8 +410,36 @@ def test_side_by_side_has_three_labelled_panels_of_even_size() -> None:
     assert picture is not None and picture.dtype == np.uint8
     height, width, _ = picture.shape
     assert height % 2 == 0 and width % 2 == 0 and width >= 3 * 80
-    assert SideBySide(show_preprocessed=True).labels == ("input", "model input", "reconstruction", "spike counts")
+    assert renderer.labels == ("model input", "reconstruction", "spike counts")
+    assert SideBySide(show_camera=True).labels == ("camera", "model input", "reconstruction", "spike counts")
+    assert SideBySide(stretch=True).labels[:2] == ("model input (stretched)", "reconstruction (stretched)")
     assert renderer.render(FrameResult(sequence=3, dropped_count=1)) is None
+
+
+def test_pictures_put_the_model_input_beside_its_reconstruction_and_report_explained_variance() -> None:
+    from pvae.clients.render import LABEL_BAR_HEIGHT, explained_variance
+
+    rng = np.random.default_rng(0)
+    values = rng.normal(size=(32, 48))  # model-space values
+    pre = np.clip(np.round(128 + 32 * values), 0, 255).astype(np.uint8)
+    half = np.clip(np.round(128 + 16 * values), 0, 255).astype(np.uint8)  # the input at half amplitude
+    flat = np.full_like(pre, 128)
+    assert explained_variance(pre, pre) == pytest.approx(1.0)
+    assert explained_variance(pre, flat) == pytest.approx(0.0)
+    assert explained_variance(pre, half) == pytest.approx(0.75, abs=0.01)
+    assert explained_variance(flat, pre) is None and explained_variance(pre, None) is None
+    result = dataclasses.replace(_result(0, rows=2, cols=3), preprocessed=pre, reconstruction=half)
+    plain = SideBySide()
+    picture = plain.render(result)
+    assert picture is not None and plain.last_explained_variance == pytest.approx(0.75, abs=0.01)
+    first_panel = picture[LABEL_BAR_HEIGHT:LABEL_BAR_HEIGHT + 32, :48, 0]
+    np.testing.assert_array_equal(first_panel, pre)  # the whitened model input, not the camera frame
+    stretched = SideBySide(stretch=True).render(result)
+    assert stretched is not None
+    second = stretched[LABEL_BAR_HEIGHT:LABEL_BAR_HEIGHT + 32, 48 + 4:48 + 4 + 48, 0].astype(int)
+    assert second.std() > half.astype(int).std() * 1.2  # the faint reconstruction is stretched up
+    with_camera = SideBySide(show_camera=True).render(result)
+    assert with_camera is not None and with_camera.shape[1] > picture.shape[1]
 
 
 def test_codes_round_trip_with_frames_of_different_sizes(tmp_path: Path) -> None:
