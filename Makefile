@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pvae-installed
 RUNS ?= runs
 
-.PHONY: setup demo test lint typecheck pytest model report-quick bench-train bench-oip clean
+.PHONY: setup demo test lint typecheck pytest model escape-study report-quick bench-train bench-oip clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
@@ -38,9 +38,19 @@ model: setup
 	$(BIN)/python -m pvae.training.checkpoint slim $(RUNS)/default-model/best.pt pvae/models/default.pt
 	rm -rf pvae/models/default_bundle
 	$(BIN)/pvae-export pvae/models/default.pt -o pvae/models/default_bundle --formats onnx
-	$(BIN)/pvae-eval pvae/models/default.pt --json --device cpu --out docs/default-model-eval.json
+	$(BIN)/pvae-eval pvae/models/default.pt --photos --json --device cpu --out docs/default-model-eval.json
 	cp $(RUNS)/default-model/basis.png docs/default-model-basis.png
 	cp $(RUNS)/default-model/curves.png docs/default-model-curves.png
+
+## escape-study: does the paper's own prior init leave its starting prior under the paper-era recipe, and
+## when? The first 150 epochs of `paper-patches` (mc, CPU: ~40 min) beside the default-model run, in one figure.
+escape-study: setup
+	$(BIN)/pvae-train --preset paper-patches --device auto --out $(RUNS)/escape-paper --overwrite \
+		--stop-after-epochs 150 --eval-every 5 --max-val-samples 5000
+	test -f $(RUNS)/default-model/metrics.jsonl || $(MAKE) model
+	$(BIN)/python -m pvae.training.plots escape docs/escape.png \
+		"paper-era recipe, prior init U(-6,-4), mc=$(RUNS)/escape-paper" \
+		"default-model recipe, prior init U(-2,-1), exact=$(RUNS)/default-model"
 
 ## report-quick: the paper-reproduction report (P-VAE vs G/L/C-VAE and sparse coding), CPU budget.
 report-quick: setup

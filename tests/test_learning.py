@@ -154,7 +154,9 @@ def test_eval_scores_the_same_patches_whatever_each_checkpoint_trained_on(tiny_c
     from pvae.training.evaluate import evaluate_checkpoint
 
     ckpt = load_checkpoint(tiny_checkpoint)
-    other = dataclasses.replace(ckpt, train_config=dataclasses.replace(ckpt.train_config, n_patches=6000))
+    # The same weights, as if trained on 6,000 patches instead of 4,000 (its own split is then bigger).
+    data = {**ckpt.data, "preprocessing": {**ckpt.data["preprocessing"], "n_patches": 6000}}
+    other = dataclasses.replace(ckpt, train_config=dataclasses.replace(ckpt.train_config, n_patches=6000), data=data)
     other_path = save_checkpoint(other, tmp_path / "other.pt")
     own = evaluate_checkpoint(tiny_checkpoint, device="cpu", max_samples=3000)
     own_other = evaluate_checkpoint(other_path, device="cpu", max_samples=3000)
@@ -187,3 +189,22 @@ def test_eval_scores_held_out_photos_against_the_all_zeros_predictor(tiny_checkp
     assert eval_main([str(tiny_checkpoint), "--photos", str(folder), "--device", "cpu", "--max-samples", "200"]) == 0
     out = capsys.readouterr().out
     assert "noise.png-bw" in out and "mse_map / all-zeros" in out
+
+
+@pytest.mark.slow  # two benchmark subprocesses and a 160-step real run: ~30 s of CPU
+def test_bench_train_reports_a_real_run_next_to_the_micro_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    from pvae.training.bench import main as bench_main
+
+    argv = ["--device", "cpu", "--steps", "1", "--batch", "100", "--k", "32", "--temperatures", "1.0",
+            "--weights", "init", "--real-epochs", "2", "--real-losses", "exact", "--json"]
+    assert bench_main(argv) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)
+    real = [r for r in rows if r["kind"] == "real"]
+    micro = {r["variant"]: r for r in rows if r["kind"] == "micro"}
+    assert len(real) == 1 and real[0]["loss"] == "exact" and real[0]["steps"] == 160
+    assert real[0]["samples_per_second"] > 0
+    assert real[0]["paper_length_minutes"] == pytest.approx(240_000_000 / real[0]["samples_per_second"] / 60)
+    assert set(micro) == {"naive", "fast", "exact"}
+    assert "paper-length run" in captured.err and "vs naive" in captured.err
+    assert bench_main(["--real-epochs", "1"]) == 2

@@ -153,19 +153,25 @@ def evaluate_checkpoint(path: str | Path | None, device: str = "auto", max_sampl
     from pvae.errors import ConfigError
     from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
     from pvae.training.config import TrainConfig
+    from pvae.training.data import PatchConfig, load_dataset
     from pvae.training.device import resolve_device
     from pvae.training.train import load_training_data
 
     ckpt = load_checkpoint(path if path is not None else default_model_path())
     dev = resolve_device(device)
     model = build_model(ckpt, dev)
-    if data is None:
-        train_cfg = ckpt.train_config
+    stored = ckpt.data.get("preprocessing") if isinstance(ckpt.data, dict) else None
+    if data is None and stored:
+        # The checkpoint's own validation split, preprocessed exactly as it was in training (not with
+        # today's defaults): whitening, normalisation, patch count and seed all come from the checkpoint.
+        dataset = load_dataset(ckpt.train_config.data, PatchConfig.from_dict(stored))
+    elif data is None:
+        dataset = load_training_data(ckpt.train_config)
     else:
-        # A named dataset is always read with the default sampling (not the checkpoint's own patch
-        # count), so that every checkpoint evaluated with the same --data sees the same samples.
-        train_cfg = dataclasses.replace(ckpt.train_config, data=data, n_patches=TrainConfig().n_patches)
-    dataset = load_training_data(train_cfg)
+        # A named dataset is always read with the default preprocessing and sampling (not the
+        # checkpoint's own), so that every checkpoint evaluated with the same --data sees the same samples.
+        dataset = load_training_data(dataclasses.replace(ckpt.train_config, data=data,
+                                                         n_patches=TrainConfig().n_patches))
     if tuple(dataset.image_shape) != tuple(ckpt.model_config.input_shape):
         raise ConfigError(f"--data: {dataset.name} holds {dataset.image_shape[0]}x{dataset.image_shape[1]} inputs, "
                           f"but the model takes {ckpt.model_config.input_shape[0]}x{ckpt.model_config.input_shape[1]}")

@@ -88,3 +88,69 @@ def save_curves_png(history: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def save_escape_png(runs: dict[str, Path], path: Path) -> Path:
+    """Runs side by side over training steps: the median prior log-rate (with its quartiles),
+    validation lifetime sparsity and mse_map, from each run's metrics.jsonl. Shows whether and when
+    a run leaves its starting prior."""
+    import json
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    for label, run in runs.items():
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        prior = [r for r in rows if "prior_log_rate_median" in r]
+        steps = [r["step"] for r in prior]
+        line = axes[0].plot(steps, [r["prior_log_rate_median"] for r in prior], label=label)[0]
+        axes[0].fill_between(steps, [r["prior_log_rate_q25"] for r in prior], [r["prior_log_rate_q75"] for r in prior],
+                             color=line.get_color(), alpha=0.2)
+        val = [r for r in rows if "val_mse_map" in r]
+        axes[1].plot([r["step"] for r in val], [r["val_lifetime_sparsity"] for r in val], label=label)
+        axes[2].plot([r["step"] for r in val], [r["val_mse_map"] for r in val], label=label)
+    axes[0].set_ylabel("prior log-rate: median (quartiles shaded)")
+    axes[1].set_ylabel("validation lifetime sparsity")
+    axes[2].set_ylabel("validation mse_map")
+    for ax in axes:
+        ax.set_xlabel("step (batches of 1000 patches)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """python -m pvae.training.plots escape OUT.png LABEL=RUN_DIR [LABEL=RUN_DIR ...]"""
+    import argparse
+
+    from pvae.errors import DataError
+
+    parser = argparse.ArgumentParser(prog="python -m pvae.training.plots", allow_abbrev=False,
+                                     description="Compare training runs: prior log-rate, lifetime sparsity, mse_map.")
+    parser.add_argument("figure", choices=["escape"])
+    parser.add_argument("out", type=Path, help="PNG to write")
+    parser.add_argument("runs", nargs="+", metavar="LABEL=RUN_DIR")
+    args = parser.parse_args(argv)
+    runs: dict[str, Path] = {}
+    for item in args.runs:
+        label, sep, folder = item.partition("=")
+        if not sep or not (Path(folder) / "metrics.jsonl").is_file():
+            raise DataError(f"{item}: expected LABEL=RUN_DIR with RUN_DIR/metrics.jsonl")
+        runs[label] = Path(folder)
+    print(save_escape_png(runs, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from pvae.cli import run_cli
+
+    sys.exit(run_cli("pvae.training.plots", lambda argv: _main(list(argv) if argv else None), sys.argv[1:]))
