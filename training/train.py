@@ -137,9 +137,10 @@ class Trainer:
         ckpt = load_checkpoint(path, map_location=self.device)
         if ckpt.model_config != self.cfg.model:
             raise ConfigError(f"--resume: {path} holds a different model config than the one requested")
-        if (ckpt.data or {}).get("preprocessing") != self.data_meta["preprocessing"]:
+        stored = (ckpt.data or {}).get("preprocessing")
+        if stored != self.data_meta["preprocessing"]:
             raise ConfigError(f"--resume: {path} was trained on data preprocessed differently (its preprocessing "
-                              f"{(ckpt.data or {}).get('preprocessing')} against {self.data_meta['preprocessing']} now)")
+                              f"{stored} against {self.data_meta['preprocessing']} now)")
         self.model.load_state_dict(ckpt.model_state)
         if ckpt.optimizer_state is None or ckpt.scheduler_state is None:
             raise ConfigError(f"--resume: {path} has no optimiser state (a slimmed checkpoint?)")
