@@ -38,7 +38,7 @@ model: setup
 	$(BIN)/python -m pvae.training.checkpoint slim $(RUNS)/default-model/best.pt pvae/models/default.pt
 	rm -rf pvae/models/default_bundle
 	$(BIN)/pvae-export pvae/models/default.pt -o pvae/models/default_bundle --formats onnx
-	$(BIN)/pvae-eval pvae/models/default.pt --photos --json --device cpu --out docs/default-model-eval.json
+	$(BIN)/pvae-eval pvae/models/default.pt --photos --gabor --json --device cpu --out docs/default-model-eval.json
 	cp $(RUNS)/default-model/basis.png docs/default-model-basis.png
 	cp $(RUNS)/default-model/curves.png docs/default-model-curves.png
 

@@ -171,8 +171,12 @@ def test_eval_scores_held_out_photos_against_the_all_zeros_predictor(tiny_checkp
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     from pvae.training.evaluate import main as eval_main
 
-    assert eval_main([str(tiny_checkpoint), "--photos", "--json", "--device", "cpu", "--max-samples", "200"]) == 0
-    photos = json.loads(capsys.readouterr().out)["photos"]
+    assert eval_main([str(tiny_checkpoint), "--photos", "--gabor", "--json", "--device", "cpu",
+                      "--max-samples", "200"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    photos, gabor = report["photos"], report["gabor"]
+    assert gabor["n_fitted"] == gabor["n_active"] <= 64
+    assert gabor["n_active"] == 0 or 0.0 <= gabor["fraction_gabor_like"] <= 1.0
     names = set(photos["per_photo"])
     for base in ("china", "flower", "grace_hopper", "clock"):
         assert {base, f"{base}-contrast", f"{base}-bw"} <= names

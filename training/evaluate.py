@@ -143,13 +143,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="also score whole photos the model never trained on (mse_map against the all-zeros "
                         "predictor, per photo, with contrast-stretched and black-and-white versions): the built-in "
                         "held-out set (scikit-learn's, matplotlib's and scikit-image's clock), or every image in DIR")
+    p.add_argument("--gabor", action="store_true",
+                   help="also fit a 2-D Gabor to every active basis vector (linear decoders; ~20 s for K=512) and "
+                        "report the Gabor-like fraction (R^2 >= 0.5, narrow envelope; training/gabor.py)")
     p.add_argument("--data", help="evaluate on this dataset instead of the checkpoint's own (natural patches are "
                    "then sampled with the default patch count, so every checkpoint sees the same ones)")
     return p
 
 
 def evaluate_checkpoint(path: str | Path | None, device: str = "auto", max_samples: int = 20_000,
-                        seed: int = 0, data: str | None = None, photos: str | None = None) -> dict[str, Any]:
+                        seed: int = 0, data: str | None = None, photos: str | None = None,
+                        gabor: bool = False) -> dict[str, Any]:
     from pvae.errors import ConfigError
     from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
     from pvae.training.config import TrainConfig
@@ -180,6 +184,8 @@ def evaluate_checkpoint(path: str | Path | None, device: str = "auto", max_sampl
                               "model": ckpt.model_config.arch, "latent": ckpt.model_config.latent,
                               "n_latents": ckpt.model_config.n_latents}
     report["metrics"] = evaluate_model(model, val, seed=seed)
+    if gabor:
+        report["gabor"] = _gabor_summary(model, val)
     if photos is not None:
         report["photos"] = _photo_scores(model, ckpt.data, None if photos == "held-out" else photos)
     labels = dataset.val_labels
@@ -187,6 +193,20 @@ def evaluate_checkpoint(path: str | Path | None, device: str = "auto", max_sampl
         feats = encode_features(model, torch.as_tensor(dataset.val))
         report["knn"] = knn_few_label(feats, np.asarray(labels), seed=seed)
     return report
+
+
+def _gabor_summary(model: VAE, val: Tensor) -> dict[str, Any]:
+    from pvae.errors import ConfigError
+    from pvae.training.gabor import fit_gabors, summarise_gabor_fits
+    from pvae.training.plots import basis_vectors
+
+    if not isinstance(model.decoder, torch.nn.Linear) or model.cfg.input_shape[0] < 4:
+        raise ConfigError("--gabor: Gabor fits need a linear decoder on image patches")
+    with torch.no_grad():
+        tiles, kl = basis_vectors(model, val.to(next(model.parameters()).device))
+    active = int((kl > ACTIVE_KL_THRESHOLD[model.cfg.latent]).sum())
+    summary: dict[str, Any] = {"n_active": active, **summarise_gabor_fits(fit_gabors(tiles[:active]))}
+    return summary
 
 
 def _photo_scores(model: VAE, data_meta: dict[str, Any], folder: str | None) -> dict[str, Any]:
@@ -209,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    report = evaluate_checkpoint(args.checkpoint, args.device, args.max_samples, args.seed, args.data, args.photos)
+    report = evaluate_checkpoint(args.checkpoint, args.device, args.max_samples, args.seed, args.data, args.photos,
+                                 args.gabor)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +242,10 @@ def _main(argv: Sequence[str] | None) -> int:
               f"data {report['data']})")
         for key, value in report["metrics"].items():
             print(f"  {key:24s} {value:.6g}")
+        if "gabor" in report:
+            g = report["gabor"]
+            print(f"  gabor-like fraction      {g['fraction_gabor_like']:.3f} of {g['n_active']} active basis vectors "
+                  f"(median R^2 {g['median_r2']:.3f})")
         if "photos" in report:
             print(f"  photos ({report['photos']['source']}): mse_map / all-zeros per photo")
             for name, score in report["photos"]["per_photo"].items():
