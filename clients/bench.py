@@ -531,7 +531,8 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def _parse(argv: Sequence[str] | None) -> tuple[BenchConfig, argparse.Namespace]:
-    parser = argparse.ArgumentParser(prog="pvae-bench", description=(__doc__ or "").splitlines()[0].replace("``", ""))
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     prog="pvae-bench", description=(__doc__ or "").splitlines()[0].replace("``", ""))
     parser.add_argument("--server", default=None, help="host:port of a running pvae-serve (default: start one)")
     parser.add_argument("--metrics-url", default=None, help="the server's /metrics URL, for the stage split")
     parser.add_argument("--model", default=None, help="bundle dir or checkpoint (server to start; baseline)")

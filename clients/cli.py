@@ -93,7 +93,7 @@ def _seed(text: str) -> int:
 
 
 def _connection_flags() -> argparse.ArgumentParser:
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
     group = parent.add_argument_group("connection")
     group.add_argument("--server", action="append", metavar="TARGET",
                        help=f"server address host:port, a gRPC target such as dns:///pvae.ns.svc:50051, or several "
@@ -129,18 +129,19 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pvae-client`` argument parser (subcommands info, encode, stream)."""
-    parser = argparse.ArgumentParser(prog=PROG, description="Client of the pvae streaming encoder (pvae.v1.Encoder).",
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     prog=PROG, description="Client of the pvae streaming encoder (pvae.v1.Encoder).",
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     connection = _connection_flags()
     formatter = _HelpFormatter
 
-    info = commands.add_parser("info", parents=[connection], formatter_class=formatter,
+    info = commands.add_parser("info", allow_abbrev=False, parents=[connection], formatter_class=formatter,
                                help="show the served model and the server's limits")
     info.add_argument("--json", action="store_true", help="print JSON (the whole manifest included)")
 
-    encode = commands.add_parser("encode", parents=[connection], formatter_class=formatter,
+    encode = commands.add_parser("encode", allow_abbrev=False, parents=[connection], formatter_class=formatter,
                                  help="encode one image with unary Encode")
     encode.add_argument("image", help="an image file (PNG, JPEG, ...); colour is read as BT.601 gray")
     encode.add_argument("--out", metavar="RECON.png", help="write the reconstruction (PNG/JPEG/BMP by suffix)")
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--float-format", choices=("fp16", "fp32"), default="fp16", help="precision of the rates")
     encode.add_argument("--json", action="store_true", help="print the result's summary as JSON")
 
-    stream = commands.add_parser("stream", parents=[connection], formatter_class=formatter,
+    stream = commands.add_parser("stream", allow_abbrev=False, parents=[connection], formatter_class=formatter,
                                  help="stream frames from a source and show, record or save the results")
     stream.add_argument("--source", required=True, metavar="SRC",
                         help=f"camera index (0), /dev/videoN, a video file, an image folder, an image, a URL OpenCV "

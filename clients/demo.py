@@ -156,7 +156,8 @@ def run_demo(model: str | None = None, frames: int = DEFAULT_FRAMES, out: Path =
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None,
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("PVAE_DEMO_MODEL"),
                         help="bundle directory or checkpoint to serve (default: the bundled default model)")

@@ -127,7 +127,8 @@ def _session(path: Path, threads: int | None) -> Any:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     prog=PROG, description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
         "checkpoint", nargs="?", type=Path, default=None, help="checkpoint (default: the bundled default model)"
     )

@@ -179,7 +179,8 @@ def run_benchmark(config: BenchConfig) -> dict[str, list[float]]:
 
 
 def _parse(argv: Sequence[str] | None) -> BenchConfig:
-    parser = argparse.ArgumentParser(prog="python -m pvae.export.bench_sampler", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     prog="python -m pvae.export.bench_sampler", description=__doc__.split("\n")[0])
     defaults = BenchConfig()
     parser.add_argument("--patches", type=int, default=defaults.patches, help="N (default %(default)s)")
     parser.add_argument("--latents", type=int, default=defaults.latents, help="K (default %(default)s)")

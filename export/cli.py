@@ -34,6 +34,7 @@ _KILO = 1000.0
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,
         prog=PROG,
         description="Export a pvae checkpoint to a bundle directory (ONNX graphs, TorchScript, "
         "manifest), verified against torch.",

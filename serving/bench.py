@@ -414,7 +414,8 @@ def format_report(figures: dict[str, Any]) -> str:
 
 
 def _parse(argv: Sequence[str] | None) -> tuple[BenchConfig, Path | None]:
-    parser = argparse.ArgumentParser(prog="pvae-bench-serve", description=__doc__.splitlines()[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     prog="pvae-bench-serve", description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--model", default=None, help="bundle directory or checkpoint (default: bundled model)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     parser.add_argument("--gpu", type=int, default=None)

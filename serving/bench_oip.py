@@ -976,7 +976,8 @@ def write_plot(figures: dict[str, Any], path: Path) -> Path:
 
 
 def _parse(argv: Sequence[str] | None) -> tuple[OipBenchConfig, Path | None, bool]:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0] if __doc__ else "",
+    parser = argparse.ArgumentParser(allow_abbrev=False,
+                                     prog=PROG, description=__doc__.splitlines()[0] if __doc__ else "",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=None, help="bundle directory or checkpoint (default: the bundled model)")
     parser.add_argument("--prefix", type=Path, default=DEFAULT_PREFIX, help="where perf_analyzer is installed")

@@ -294,7 +294,7 @@ async def _serve(model: ModelSpec, host: str, port: int) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pvae.serving.oip_floor",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pvae.serving.oip_floor",
                                      description="The OIP transport floor: pvae_rates' interface, canned zero "
                                      "outputs, no inference (a measuring instrument for pvae-bench-oip).")
     parser.add_argument("--port", type=int, required=True, help="gRPC port")

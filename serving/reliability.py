@@ -734,7 +734,7 @@ def run_report(config: ReliabilityConfig, bundle: Bundle | None = None) -> tuple
 
 def build_parser() -> argparse.ArgumentParser:
     """Flags mirror ReliabilityConfig."""
-    parser = argparse.ArgumentParser(prog="pvae-reliability", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="pvae-reliability", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=None, help="bundle directory or checkpoint (default: the bundled model)")
     parser.add_argument("--streams", type=int, default=DEFAULT_STREAMS, help="concurrent load streams")

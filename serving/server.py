@@ -282,7 +282,7 @@ def _metrics_port(text: str) -> int | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """One flag per ServeConfig field (``max_batch_frames`` -> ``--max-batch-frames``)."""
-    parser = argparse.ArgumentParser(prog="pvae-serve",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="pvae-serve",
                                      description="Serve a P-VAE bundle over gRPC: pvae.v1.Encoder and the Open "
                                      "Inference Protocol (inference.GRPCInferenceService), on one port.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

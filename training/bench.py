@@ -140,7 +140,7 @@ def _run_child(args: argparse.Namespace, variant: str, temperature: float, weigh
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pvae-bench-train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="pvae-bench-train", description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--steps", type=int, default=10, help="timed optimisation steps per variant")
     p.add_argument("--batch", type=int, default=1000, help="batch size (paper: 1000)")

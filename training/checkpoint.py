@@ -171,9 +171,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     from pvae.cli import run_cli
 
     def run(args_in: Sequence[str] | None) -> int:
-        p = argparse.ArgumentParser(prog="pvae.training.checkpoint")
+        p = argparse.ArgumentParser(allow_abbrev=False, prog="pvae.training.checkpoint")
         sub = p.add_subparsers(dest="cmd", required=True)
-        slim = sub.add_parser("slim", help="copy a checkpoint without optimiser/scheduler/RNG state")
+        slim = sub.add_parser("slim", allow_abbrev=False,
+                              help="copy a checkpoint without optimiser/scheduler/RNG state")
         slim.add_argument("src", type=Path)
         slim.add_argument("dst", type=Path)
         args = p.parse_args(args_in)

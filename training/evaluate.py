@@ -131,7 +131,7 @@ def knn_few_label(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pvae-eval", description="Evaluate a pvae checkpoint on its "
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="pvae-eval", description="Evaluate a pvae checkpoint on its "
                                 "validation data with the paper's metrics (exact Poisson counts).")
     p.add_argument("checkpoint", nargs="?", help="checkpoint file (default: the bundled model)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")

@@ -458,7 +458,8 @@ def run_report(cfg: ReportConfig, out_dir: Path, fmt: str = "md", progress: bool
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pvae-report", description="Train the P-VAE and its baselines, test the "
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog="pvae-report", description="Train the P-VAE and its baselines, test the "
                                 "paper's claims and write a report with a computed verdict table.")
     p.add_argument("--quick", action="store_true", help="shortened schedules: <= 20 min on a 2-core CPU")
     p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # toy sizes, for tests

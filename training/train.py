@@ -327,7 +327,8 @@ def _field_type(hint: Any) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI mirrors TrainConfig and ModelConfig one to one: every field is ``--field-name``."""
-    p = argparse.ArgumentParser(prog="pvae-train", description="Train a Poisson VAE (or a baseline).",
+    p = argparse.ArgumentParser(allow_abbrev=False,
+                                prog="pvae-train", description="Train a Poisson VAE (or a baseline).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="base config to start from")
     p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics, PNGs)")
