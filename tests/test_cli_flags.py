@@ -33,3 +33,16 @@ def test_abbreviated_flags_are_refused(name: str, entry: Callable[[Sequence[str]
     assert exited.value.code == 2, name
     err = capsys.readouterr().err
     assert "unrecognized arguments" in err and flag in err, err
+
+
+def test_train_help_shows_the_chosen_presets_values(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    quick = " ".join(capsys.readouterr().out.split())
+    assert "(default: None)" not in quick
+    assert "Passes over the training set. (default: 15)" in quick
+    with pytest.raises(SystemExit):
+        train_main(["--preset", "default-model", "--help"])
+    default_model = " ".join(capsys.readouterr().out.split())
+    assert "Passes over the training set. (default: 300)" in default_model
+    assert "(default: exact)" in default_model and "(default: paper)" in default_model

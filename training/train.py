@@ -325,8 +325,12 @@ def _field_type(hint: Any) -> Any:
     return hint
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The CLI mirrors TrainConfig and ModelConfig one to one: every field is ``--field-name``."""
+def build_parser(preset: str = "quick") -> argparse.ArgumentParser:
+    """The CLI mirrors TrainConfig and ModelConfig one to one: every field is ``--field-name``.
+
+    A field flag left out keeps the chosen preset's value; ``--help`` shows those values for
+    ``preset`` (the one named on the command line, if any).
+    """
     p = argparse.ArgumentParser(allow_abbrev=False,
                                 prog="pvae-train", description="Train a Poisson VAE (or a baseline).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -340,20 +344,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after epoch N of the configured schedule (schedules keep their full length; "
                         "--resume continues): to study the start of a long run")
     docs = _field_docs()  # parsed only when a parser is built, not on every import
-    for cls, group_name in ((ModelConfig, "model"), (TrainConfig, "training")):
-        group = p.add_argument_group(group_name)
+    base = get_preset(preset if preset in PRESETS else "quick")
+    for cls, group_name, values in ((ModelConfig, "model", base.model), (TrainConfig, "training", base)):
+        group = p.add_argument_group(f"{group_name} (defaults: preset {preset!r})")
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name == "model":
                 continue
             flag = "--" + f.name.replace("_", "-")
             hint = hints[f.name]
-            doc = (docs.get(f.name) or "").replace("%", "%%")
+            value = getattr(values, f.name)
+            shown = ",".join(str(v) for v in value) if isinstance(value, tuple) else value
+            doc = (docs.get(f.name) or "").replace("%", "%%") + f" (default: {shown})".replace("%", "%%")
+            # SUPPRESS: an absent flag leaves no attribute, so the preset's value stands.
             if hint is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=doc)
+                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS, help=doc)
             else:
-                group.add_argument(flag, dest=f.name, type=_field_type(hint), default=None, help=doc)
+                group.add_argument(flag, dest=f.name, type=_field_type(hint), default=argparse.SUPPRESS, help=doc)
     return p
+
+
+def _preset_named(argv: Sequence[str] | None) -> str:
+    """The --preset on the command line (for --help), without failing on anything else."""
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--preset", default="quick")
+    known, _ = pre.parse_known_args(list(argv) if argv is not None else None)
+    return str(known.preset)
 
 
 def _field_docs() -> dict[str, str]:
@@ -390,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_preset_named(argv)).parse_args(argv)
     cfg = config_from_args(args)
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
