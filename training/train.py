@@ -335,14 +335,15 @@ def build_parser(preset: str = "quick") -> argparse.ArgumentParser:
                                 prog="pvae-train", description="Train a Poisson VAE (or a baseline).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS), help="base config to start from")
-    p.add_argument("--out", type=Path, required=True, help="run directory (checkpoints, metrics, PNGs)")
+    p.add_argument("--out", type=Path, required=True, default=argparse.SUPPRESS,
+                   help="run directory (checkpoints, metrics, PNGs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
     p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT already holds a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--stop-after-epochs", type=int, default=None, metavar="N",
+    p.add_argument("--stop-after-epochs", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="stop after epoch N of the configured schedule (schedules keep their full length; "
-                        "--resume continues): to study the start of a long run")
+                        "--resume continues): to study the start of a long run (default: run to the end)")
     docs = _field_docs()  # parsed only when a parser is built, not on every import
     base = get_preset(preset if preset in PRESETS else "quick")
     for cls, group_name, values in ((ModelConfig, "model", base.model), (TrainConfig, "training", base)):
@@ -425,9 +426,10 @@ def _main(argv: Sequence[str] | None) -> int:
                   f"{trainer.device} x{dist_info.world_size}, {trainer.train_x.shape[0]} train / "
                   f"{trainer.val_x.shape[0]} val samples of {cfg.data}, {trainer.total_steps} steps -> {args.out}",
                   file=sys.stderr)
-        if args.stop_after_epochs is not None and args.stop_after_epochs < 1:
-            raise ConfigError(f"--stop-after-epochs: must be >= 1, got {args.stop_after_epochs}")
-        final = trainer.run(until_epoch=args.stop_after_epochs)
+        stop_after = getattr(args, "stop_after_epochs", None)
+        if stop_after is not None and stop_after < 1:
+            raise ConfigError(f"--stop-after-epochs: must be >= 1, got {stop_after}")
+        final = trainer.run(until_epoch=stop_after)
         if dist_info.is_main:
             figures = write_figures(args.out, trainer.model, trainer.history, trainer.val_x)
             summary = {k: final[k] for k in ("epoch", "loss", "val_mse", "val_mse_map", "val_kl",
