@@ -773,7 +773,10 @@ def _emit_sampler(g: _Graph, rates: str, seed: str, counts: str, block: int, shi
     where = g.op("Concat", small, large, axis=0)
     values = g.op("Concat", counts_small, counts_large, axis=0)
     dense = g.op("ScatterElements", zeros, where, values, axis=0)
-    g.nodes.append(helper.make_node("Reshape", [dense, g.op("Shape", rates)], [counts], name=g.name("Reshape")))
+    # allowzero: a 0 in the rates' shape is a literal size 0, not "copy this dimension" (shapes (5, 0),
+    # (0, 0), ...); for shapes without a zero it changes nothing, so no seed's counts change.
+    g.nodes.append(helper.make_node("Reshape", [dense, g.op("Shape", rates)], [counts], name=g.name("Reshape"),
+                                    allowzero=1))
 
 
 @dataclass(frozen=True)

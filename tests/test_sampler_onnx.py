@@ -238,6 +238,17 @@ def test_neighbouring_elements_are_uncorrelated(sampler: ort.InferenceSession, r
 
 
 # ------------------------------------------------------------------------------------ shapes, limits
+@pytest.mark.parametrize("shape", [(0, 512), (5, 0), (1, 0), (0, 0), (0, 1)])
+def test_zero_size_rates_give_zero_size_counts(sampler: ort.InferenceSession, shape: tuple[int, ...]) -> None:
+    """Every zero-size (N, K) shape, a zero in either position, comes back as int32 zeros of that
+    shape, as the numpy reference returns (the final Reshape keeps literal zeros: allowzero)."""
+    rates = np.zeros(shape, np.float32)
+    counts = _sample(sampler, rates, 1)
+    assert counts.shape == shape and counts.dtype == np.int32
+    reference = poisson_reference(rates, 1)
+    assert reference.shape == shape
+
+
 def test_zero_and_invalid_rates_give_zero(sampler: ort.InferenceSession) -> None:
     assert not _sample(sampler, np.zeros((50, 512), np.float32), 3).any()
     invalid = np.array([[np.nan, -1.0, -np.inf, -1e-30, -0.0, 0.0] * 1000], np.float32)
