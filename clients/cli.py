@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from pvae import __version__
-from pvae.cli import run_cli
+from pvae.cli import EXIT_USER_ERROR, run_cli
 from pvae.errors import ConfigError, DataError
 
 from .channel import DEFAULT_TARGET, TOKEN_ENV, RetryPolicy, read_token, tls_credentials
@@ -465,8 +465,13 @@ def _stream(args: argparse.Namespace) -> int:
         options = EncodeOptions(outputs=_stream_outputs(args, wants_picture), seed=args.seed,
                                 float_format=args.float_format)
         _open_sinks(args, client, info, source, options, policy, sinks)
+        min_side = info.model.min_frame_side
+        if args.size is not None and min(args.size) < min_side:
+            raise SourceError(f"--size {args.size[0]}x{args.size[1]}: frames must be at least {min_side} pixels on "
+                              "each side for this model")
         print(f"{PROG}: {source.name} -> {client.address} ({_describe_model(info)}); policy {policy}, "
-              f"window {args.window or info.limits.default_window}", file=sys.stderr, flush=True)
+              f"window {args.window or info.limits.default_window}; frames need sides >= {min_side} px",
+              file=sys.stderr, flush=True)
         total = min(n for n in (args.frames, source.frame_count, sys.maxsize) if n is not None)
         stream = client.stream(_frames(source, args), window=args.window, policy=policy, options=options,
                                keep_inputs=sinks.renderer is not None, timeout=args.timeout)
@@ -488,10 +493,16 @@ def _stream(args: argparse.Namespace) -> int:
     if sinks.codes is not None and len(sinks.codes):
         written.append({"path": str(sinks.codes.save()), "kind": "codes", "frames": len(sinks.codes)})
     explained = _explained_summary(sinks.explained)
+    status = 0
+    if snapshot.frames_failed and not snapshot.frames_answered:
+        # Every frame failed: say why (the first failure names the field and the limit) and fail the run.
+        print(f"{PROG}: error: every frame failed ({snapshot.frames_failed}); first failure: "
+              f"{snapshot.first_failure}", file=sys.stderr)
+        status = EXIT_USER_ERROR
     if args.json:
         _print_json({**snapshot.to_dict(), "source": source.name, "server": client.address, "policy": policy,
                      "ending": ending, "written": written, "explained_variance": explained})
-        return 0
+        return status
     print(f"{PROG}: {ending}: {source.name} -> {client.address}")
     print(snapshot.summary())
     if explained is not None:
@@ -499,7 +510,7 @@ def _stream(args: argparse.Namespace) -> int:
               f"min {explained['min']:.3f}, max {explained['max']:.3f} over {explained['frames']} frames")
     for item in written:
         print(f"wrote {item['path']} ({item['frames']} frames)")
-    return 0
+    return status
 
 
 def _explained_summary(values: list[float]) -> dict[str, Any] | None:

@@ -78,6 +78,8 @@ class StatsSnapshot:
     """Mean over answered frames of the population sparsity."""
     mean_spikes_per_frame: float | None
     """Mean total spike count per answered frame."""
+    first_failure: str | None = None
+    """The first in-band failure, as 'STATUS: message' (None when no frame failed)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -102,6 +104,8 @@ class StatsSnapshot:
             lines.append(f"spikes     {self.mean_spikes_per_frame:.0f}/frame, "
                          f"{100 * self.mean_active_fraction:.2f}% active, "
                          f"population sparsity {self.mean_population_sparsity:.3f}")
+        if self.first_failure is not None:
+            lines.append(f"failures   first: {self.first_failure}")
         return "\n".join(lines)
 
 
@@ -117,6 +121,7 @@ class StreamStats:
         self.frames_sent = 0
         self.frames_answered = 0
         self.frames_failed = 0
+        self._first_failure: str | None = None
         self.frames_dropped = 0
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -150,6 +155,8 @@ class StreamStats:
             self.frames_dropped += result.dropped_count
             if result.error is not None:
                 self.frames_failed += 1
+                if self._first_failure is None:
+                    self._first_failure = f"{result.error.code.name}: {result.error.details}"
             elif not result.is_drop_report:
                 self.frames_answered += 1
                 if result.latency_seconds is not None:
@@ -194,4 +201,5 @@ class StreamStats:
                 mean_active_fraction=self._active_sum / with_stats if with_stats else None,
                 mean_population_sparsity=self._sparsity_sum / with_stats if with_stats else None,
                 mean_spikes_per_frame=self._spikes_sum / with_stats if with_stats else None,
+                first_failure=self._first_failure,
             )

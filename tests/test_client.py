@@ -315,6 +315,28 @@ def test_cli_stream_writes_a_video_frame_per_frame_sent_and_codes_that_round_tri
             np.testing.assert_array_equal(codes.counts(index), again.counts)
 
 
+def test_cli_stream_says_why_frames_fail_and_fails_when_every_frame_did(
+        server: InProcessServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A --size under the model's smallest frame is refused before anything is sent.
+    assert cli.main(["stream", "--source", "synthetic", "--size", "8x8", "--frames", "3", "--server", server.address,
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--size 8x8: frames must be at least" in err and "Traceback" not in err
+    # Frames that are too small for other reasons fail in-band: the first failure is printed (also in --json)
+    # and, since every frame failed, the run exits 2.
+    folder = tmp_path / "tiny-frames"
+    folder.mkdir()
+    for i in range(3):
+        assert cv2.imwrite(str(folder / f"f{i}.png"), np.full((8, 8), 40 * i, np.uint8))
+    assert cli.main(["stream", "--source", str(folder), "--server", server.address, "--no-progress", "--json"]) == 2
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["frames_failed"] == 3 and summary["frames_answered"] == 0
+    assert summary["first_failure"].startswith("INVALID_ARGUMENT: frame 0:")
+    assert "every frame failed (3); first failure: INVALID_ARGUMENT" in captured.err
+    assert "frames need sides >= " in captured.err
+
+
 def test_saved_codes_equal_the_streamed_results(client: Client, tmp_path: Path) -> None:
     results = list(client.stream(_frames(5), options=EncodeOptions(outputs=("rates", "counts"), seed=9)))
     recorder = CodeRecorder(tmp_path / "codes.npz")
