@@ -54,6 +54,9 @@ class ServeConfig:
         "help": "run on CUDA GPU N (CUDA execution provider with I/O binding); implies --device cuda"})
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0 for all interfaces)"})
     port: int = field(default=50051, metadata={"help": "gRPC port; 0 picks a free one"})
+    reuse_port: bool = field(default=False, metadata={
+        "help": "share the gRPC port with other processes (SO_REUSEPORT; clients are then split between them at "
+                "random); off: a port another process holds is an error"})
     metrics_port: int | None = field(default=9464, metadata={
         "help": "Prometheus /metrics HTTP port; 0 picks a free one; unset in code disables it"})
     intra_op_threads: int = field(default=0, metadata={

@@ -211,6 +211,9 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
         ("grpc.max_send_message_length", config.max_send_message_bytes),
+        # gRPC sets SO_REUSEPORT by default, so a second server on a busy port would start silently and
+        # split the clients at random; only share the port when asked to.
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ])
     pb_grpc.add_EncoderServicer_to_server(servicer, server)
     oip = InferenceServicer(servicer)
@@ -222,24 +225,52 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
     reflection.enable_server_reflection(
         (SERVICE_NAME, OIP_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
+    if config.port and not config.reuse_port:
+        try:
+            _check_port_free(config.host, config.port)
+        except OSError as exc:
+            await batcher.stop()
+            raise ConfigError(f"port: cannot listen on {config.bind_address}: {exc.strerror or exc} (pick another "
+                              "--port, or --reuse-port to share it on purpose)") from None
     try:
         if credentials is not None:
             port = server.add_secure_port(config.bind_address, credentials)
         else:
             port = server.add_insecure_port(config.bind_address)
-    except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+    except RuntimeError:  # grpc raises RuntimeError when it cannot bind (older versions return port 0)
+        port = 0
+    if port == 0:
         await batcher.stop()
-        raise ConfigError(f"port: cannot listen on {config.bind_address}: {exc}") from None
+        raise ConfigError(f"port: cannot listen on {config.bind_address}: the address is in use or not available "
+                          "(pick another --port, or --reuse-port to share it on purpose)")
     await server.start()
     running = RunningServer(server, port, servicer, oip, batcher, health, metrics, engine,
                             warmup_sizes=config.warmup_sizes, auth=auth, tls=credentials is not None)
     if config.metrics_port is not None:
-        http_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+        try:
+            http_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=metrics.registry)
+        except OSError as exc:
+            await running.stop(0.0)
+            raise ConfigError(f"metrics_port: cannot listen on {config.host}:{config.metrics_port}: "
+                              f"{exc.strerror or exc} (pick another --metrics-port, or 'off')") from None
         running._metrics_http = http_server
         running.metrics_port = int(http_server.server_port)
     if warm_up:
         await running.warm_up()
     return running
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise OSError (EADDRINUSE, ...) if ``host:port`` cannot be bound without SO_REUSEPORT.
+
+    Checked before gRPC binds, so that a busy port is one clear line instead of gRPC core's own log.
+    """
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does: TIME_WAIT is no conflict
+        probe.bind((host, port))
 
 
 async def serve(config: ServeConfig) -> None:
@@ -297,6 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         elif f.name == "warmup_sizes":
             kwargs["type"] = _sizes
             kwargs["default"] = ",".join(f"{h}x{w}" for h, w in f.default)  # type: ignore[union-attr]
+        elif hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
         elif typing.get_origin(hint) is typing.Literal:
             kwargs["choices"] = typing.get_args(hint)
         else:

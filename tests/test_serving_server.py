@@ -637,6 +637,43 @@ def test_sigterm_drains_the_cli_server(serving_bundle: Bundle) -> None:
                 process.kill()
 
 
+def _serve_cli(serving_bundle: Bundle, *flags: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "pvae.serving", "--model", str(serving_bundle.root), "--device", "cpu",
+               "--warmup-sizes", "", *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_a_busy_grpc_port_is_a_one_line_error_unless_sharing_is_asked_for(serving_bundle: Bundle) -> None:
+    """gRPC sets SO_REUSEPORT by default, so a second server on a held port used to start silently and
+    split the clients at random. Now it is refused (exit 2, one line)."""
+    config = ServeConfig(port=0, metrics_port=None)
+    with InProcessServer(config, bundle=serving_bundle) as first:
+        port = first.address.rsplit(":", 1)[1]
+        result = _serve_cli(serving_bundle, "--port", port, "--metrics-port", "off")
+        assert result.returncode == 2, result.stderr
+        errors = [line for line in result.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+        assert errors == [f"pvae-serve: error: port: cannot listen on 127.0.0.1:{port}: Address already in use "
+                          "(pick another --port, or --reuse-port to share it on purpose)"], result.stderr
+        # The first server is untouched.
+        with grpc.insecure_channel(first.address) as channel:
+            assert pb_grpc.EncoderStub(channel).Info(pb.InfoRequest(), timeout=10).model.n_latents > 0
+
+
+def test_a_busy_metrics_port_is_a_one_line_error(serving_bundle: Bundle) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        result = _serve_cli(serving_bundle, "--port", "0", "--metrics-port", str(port))
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pvae-serve: error: metrics_port: cannot listen on 127.0.0.1:{port}:"), result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error" in line.lower()]) == 1, result.stderr
+
+
 # ----------------------------------------------------------------------------- model sources and devices
 
 
