@@ -706,3 +706,25 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
                         item.cancel()
             self._streams.discard(stream)
             self.metrics.active_streams.dec()
+
+
+
+def _unimplemented(name: str) -> Callable[..., Any]:
+    """An RPC of the protocol that pvae-serve does not offer: UNIMPLEMENTED with a clear message.
+
+    The generated base class raises NotImplementedError instead, which grpc.aio logs at ERROR with a
+    traceback on every call, so any client could flood the server log.
+    """
+
+    async def handler(self: InferenceServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            f"{name} is not implemented by pvae-serve (it offers health, metadata, config, statistics, "
+                            "the repository index, ModelInfer and ModelStreamInfer)")
+
+    handler.__name__ = name
+    return handler
+
+
+for _name, _member in vars(oip_grpc.GRPCInferenceServiceServicer).items():
+    if callable(_member) and not _name.startswith("_") and _name not in vars(InferenceServicer):
+        setattr(InferenceServicer, _name, _unimplemented(_name))

@@ -522,3 +522,23 @@ def test_byte_metrics_equal_the_wire_sizes(server: InProcessServer, stub: oip_gr
     after = counters("ModelStreamInfer")
     assert after[0] - before[0] == 2 * request.ByteSize() + frame_request.ByteSize()
     assert after[1] - before[1] == sum(answer.ByteSize() for answer in answers)
+
+
+def test_unimplemented_extension_rpcs_answer_unimplemented_without_flooding_the_log(
+        stub: oip_grpc.GRPCInferenceServiceStub, caplog: pytest.LogCaptureFixture) -> None:
+    calls = [
+        (stub.SystemSharedMemoryStatus, oip.SystemSharedMemoryStatusRequest()),
+        (stub.CudaSharedMemoryRegister, oip.CudaSharedMemoryRegisterRequest(name="x")),
+        (stub.RepositoryModelLoad, oip.RepositoryModelLoadRequest(model_name="pvae_rates")),
+        (stub.TraceSetting, oip.TraceSettingRequest()),
+        (stub.LogSettings, oip.LogSettingsRequest()),
+    ]
+    with caplog.at_level("DEBUG"):
+        for _ in range(20):
+            for call, request in calls:
+                with pytest.raises(grpc.RpcError) as failed:
+                    call(request, timeout=10)
+                assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                assert "is not implemented by pvae-serve" in (failed.value.details() or "")
+    noisy = [r for r in caplog.records if r.levelno >= 40 or r.exc_info]
+    assert not noisy, [r.getMessage() for r in noisy[:3]]
