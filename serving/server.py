@@ -287,6 +287,9 @@ async def serve(config: ServeConfig) -> None:
              info.device,
              info.model.arch, info.model.n_latents, info.model.source_checkpoint_sha256[:12] or "?",
              f"http://{config.host}:{running.metrics_port}/metrics" if running.metrics_port else "off")
+    # start_server returned after warm-up, with health already SERVING: say so, and what is served.
+    log.info("SERVING %s on %s:%d (warm-up done: %s)", config.model or "the bundled default model", config.host,
+             running.port, ", ".join(f"{h}x{w}" for h, w in config.warmup_sizes) or "no frame sizes")
     log.info("transport %s; bearer-token auth %s", "TLS" + (" (mutual)" if config.tls_ca else "") if running.tls
              else "plaintext", "on" if running.auth is not None else "off")
     await stop.wait()
@@ -348,6 +351,9 @@ def config_from_args(argv: Sequence[str] | None) -> ServeConfig:
 
 def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Exporting a checkpoint on the fly (--model x.pt) runs torch.onnx, whose IR passes log at INFO.
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     asyncio.run(serve(config_from_args(argv)))
     return 0
 

@@ -625,6 +625,8 @@ def test_sigterm_drains_the_cli_server(serving_bundle: Bundle) -> None:
                     port = int(match.group(1))
                     break
             assert port, "the server did not report its port"
+            ready = process.stderr.readline()
+            assert f"SERVING {serving_bundle.root} on 127.0.0.1:{port}" in ready, ready
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
                 assert check.status == health_pb2.HealthCheckResponse.SERVING
