@@ -529,8 +529,10 @@ def _e2e_skip_reason() -> str | None:
 def test_end_to_end_perf_analyzer_against_pvae_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The real thing, with 1-s windows: install (or reuse) perf_analyzer, serve, measure, report."""
     json_path = tmp_path / "figures.json"
+    # 30 windows at most (not 10): on a busy 2-core machine the no-compute floor row can need more than 10
+    # one-second windows before three of them agree within perf_analyzer's 10 %.
     code = main(["--prefix", str(REPO / DEFAULT_PREFIX), "--work-dir", str(tmp_path / "work"), "--window-ms", "1000",
-                 "--json", str(json_path)])
+                 "--max-trials", "30", "--json", str(json_path)])
     out, err = capsys.readouterr()
     assert code == 0, err
     figures = json.loads(json_path.read_text())
