@@ -127,6 +127,14 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action) or text
 
 
+def _add_picture_flags(command: argparse.ArgumentParser) -> None:
+    """The side-by-side picture options, shared by encode and stream."""
+    command.add_argument("--camera", action="store_true",
+                         help="pictures: add the frame as sent (un-whitened) in front of the model-space panels")
+    command.add_argument("--stretch", action="store_true",
+                         help="pictures: show model input and reconstruction with one shared contrast stretch")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pvae-client`` argument parser (subcommands info, encode, stream)."""
     parser = argparse.ArgumentParser(allow_abbrev=False,
@@ -147,10 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--out", metavar="RECON.png", help="write the reconstruction (PNG/JPEG/BMP by suffix)")
     encode.add_argument("--picture", metavar="FILE.png",
                         help="write model input (whitened) | reconstruction | spike counts, side by side")
-    encode.add_argument("--camera", action="store_true",
-                        help="pictures: add the frame as sent (un-whitened) in front of the model-space panels")
-    encode.add_argument("--stretch", action="store_true",
-                        help="pictures: show model input and reconstruction with one shared contrast stretch")
+    _add_picture_flags(encode)
     encode.add_argument("--save", metavar="FILE.npz", help="write the codes (rates, counts, seed)")
     encode.add_argument("--seed", type=_seed, help="sampler seed (default: the server draws one; it is printed)")
     encode.add_argument("--float-format", choices=("fp16", "fp32"), default="fp16", help="precision of the rates")
@@ -186,10 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write a side-by-side video: model input (whitened) | reconstruction | spike-count map "
                              "(.mp4 or .avi)")
     stream.add_argument("--save", metavar="FILE.npz", help="write the codes: rates, exact counts, seeds, sequences")
-    stream.add_argument("--camera", action="store_true",
-                        help="pictures: add the frame as sent (un-whitened) in front of the model-space panels")
-    stream.add_argument("--stretch", action="store_true",
-                        help="pictures: show model input and reconstruction with one shared contrast stretch")
+    _add_picture_flags(stream)
     stream.add_argument("--view", action="store_true",
                         help="serve a live page (picture and stats) on loopback and print its URL")
     stream.add_argument("--view-host", default=DEFAULT_VIEW_HOST, metavar="HOST",

@@ -187,7 +187,7 @@ def evaluate_checkpoint(path: str | Path | None, device: str = "auto", max_sampl
     if gabor:
         report["gabor"] = _gabor_summary(model, val)
     if photos is not None:
-        report["photos"] = _photo_scores(model, ckpt.data, None if photos == "held-out" else photos)
+        report["photos"] = _photo_scores(model, stored, None if photos == "held-out" else photos)
     labels = dataset.val_labels
     if labels is not None:
         feats = encode_features(model, torch.as_tensor(dataset.val))
@@ -209,12 +209,11 @@ def _gabor_summary(model: VAE, val: Tensor) -> dict[str, Any]:
     return summary
 
 
-def _photo_scores(model: VAE, data_meta: dict[str, Any], folder: str | None) -> dict[str, Any]:
+def _photo_scores(model: VAE, preprocessing: dict[str, Any] | None, folder: str | None) -> dict[str, Any]:
     from pvae.errors import ConfigError
     from pvae.training.data import PatchConfig
     from pvae.training.photos import evaluate_photos, held_out_photos
 
-    preprocessing = data_meta.get("preprocessing")
     if not preprocessing:
         raise ConfigError("--photos: this checkpoint was not trained on natural patches (no preprocessing to apply)")
     scores = evaluate_photos(model, PatchConfig.from_dict(preprocessing), held_out_photos(folder))

@@ -14,6 +14,29 @@ from pvae.training.model import VAE
 GRID_COLUMNS, GRID_PAD, GRID_UPSCALE = 32, 1, 3
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _finish(fig: Any, axes: Any, xlabel: str, path: Path) -> Path:
+    """Label, legend and grid every panel of a curves figure, write it as a PNG and close it."""
+    for ax in axes:
+        ax.set_xlabel(xlabel)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+    return path
+
+
 def tile_grid(tiles: np.ndarray, columns: int = GRID_COLUMNS, pad: int = GRID_PAD) -> np.ndarray:
     """(N, h, w) float tiles -> one uint8 image, each tile scaled symmetrically around 0 (gray = 0)."""
     n, h, w = tiles.shape
@@ -60,11 +83,7 @@ def save_basis_png(model: VAE, val_x: torch.Tensor, path: Path) -> Path:
 
 
 def save_curves_png(history: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(epochs, [h["mse"] for h in history], label="train mse (relaxed)")
@@ -79,15 +98,7 @@ def save_curves_png(history: list[dict[str, Any]], path: Path) -> Path:
     axes[2].plot(epochs, [h["beta"] for h in history], label="beta")
     axes[2].plot(epochs, [h["lr"] / max(1e-12, max(x["lr"] for x in history)) for h in history],
                  label="lr / peak")
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, axes, "epoch", path)
 
 
 def save_escape_png(runs: dict[str, Path], path: Path) -> Path:
@@ -96,12 +107,7 @@ def save_escape_png(runs: dict[str, Path], path: Path) -> Path:
     a run leaves its starting prior."""
     import json
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = pyplot().subplots(1, 3, figsize=(14, 3.8))
     for label, run in runs.items():
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         prior = [r for r in rows if "prior_log_rate_median" in r]
@@ -115,15 +121,7 @@ def save_escape_png(runs: dict[str, Path], path: Path) -> Path:
     axes[0].set_ylabel("prior log-rate: median (quartiles shaded)")
     axes[1].set_ylabel("validation lifetime sparsity")
     axes[2].set_ylabel("validation mse_map")
-    for ax in axes:
-        ax.set_xlabel("step (batches of 1000 patches)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _finish(fig, axes, "step (batches of 1000 patches)", path)
 
 
 def _main(argv: list[str] | None = None) -> int:

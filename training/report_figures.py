@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from pvae.training.plots import pyplot as _pyplot
 from pvae.training.plots import tile_grid
 from pvae.training.report_verdict import FAMILY_NAMES
 
@@ -34,15 +35,6 @@ DPI = 110
 #: One colour per latent family / reference, shared by every figure.
 COLOURS = {"poisson": "tab:red", "gaussian": "tab:blue", "laplace": "tab:green", "categorical": "tab:purple",
            "gaussian-relu": "tab:cyan", "lca": "tab:orange", "ista": "tab:brown", "amortisation": "black"}
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _save(fig: Any, path: Path) -> Path:

@@ -148,7 +148,7 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt.scheduler_state)
         # The peak rates come from the config given now (the saved state holds the old ones), so
         # that `--resume --lr X` continues at X; with an unchanged config this changes nothing.
-        peaks = [group.get("lr_peak", self.cfg.lr) for group in param_groups(self.model, self.cfg)]
+        peaks = [group.get("lr", self.cfg.lr) for group in param_groups(self.model, self.cfg)]
         self.scheduler.base_lrs = list(peaks)
         for group, peak in zip(self.optimizer.param_groups, peaks, strict=True):
             group["initial_lr"] = peak
@@ -298,8 +298,7 @@ def param_groups(model: VAE, cfg: TrainConfig) -> list[dict[str, Any]]:
         return [{"params": list(model.parameters())}]
     prior = model.latent.log_rate
     rest = [p for p in model.parameters() if p is not prior]
-    peak = cfg.lr * cfg.prior_lr_multiplier
-    return [{"params": rest}, {"params": [prior], "lr": peak, "lr_peak": peak}]
+    return [{"params": rest}, {"params": [prior], "lr": cfg.lr * cfg.prior_lr_multiplier}]
 
 
 def write_figures(out_dir: Path, model: VAE, history: list[dict[str, Any]], val_x: torch.Tensor) -> list[Path]:
