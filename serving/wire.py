@@ -11,12 +11,17 @@ the request's wire size (``request_bytes``: protobuf's upb ``ByteSize()`` would 
 message again to tell), and the serializer passes ``bytes`` through, so a handler may return a
 response it assembled itself.
 
+Streaming methods are driven from here too (``write_responses``): each response is written with
+``context.write``, so a client that vanishes while a response is being sent ends its stream as
+cancelled (no ERROR line, no traceback), on both protocols alike.
+
     >>> server = grpc.aio.server(interceptors=[MalformedMessageInterceptor()])
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +32,7 @@ from google.protobuf.message import DecodeError
 from pvae.errors import InputError
 
 __all__ = ["SERVICE_PREFIX", "MalformedMessage", "MalformedMessageError", "MalformedMessageInterceptor",
-           "passing_bytes", "request_bytes"]
+           "passing_bytes", "request_bytes", "write_responses"]
 
 #: Methods this interceptor guards: pvae.v1 and the Open Inference Protocol (health and reflection keep gRPC's own).
 SERVICE_PREFIX = ("/pvae.v1.", "/inference.GRPCInferenceService/")
@@ -98,6 +103,27 @@ def passing_bytes(serializer: Callable[[Any], bytes] | None) -> Callable[[Any], 
     return serialize
 
 
+async def write_responses(responses: AsyncGenerator[Any, None], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Send a streaming handler's responses with ``context.write``; a client that vanished mid-write
+    ends the call as cancelled.
+
+    When the connection goes away while a response is being sent, gRPC core fails the write
+    (``ExecuteBatchError``, a ``grpc.aio.InternalError``). If the handler yields its responses to
+    grpc.aio, that failure surfaces inside grpc.aio, which logs it at ERROR with a traceback unless
+    it has already seen the client's close, a race that megabyte responses lose often. Writing here
+    instead, the failure is the stream's own: the handler's generator is closed (its cleanup runs
+    and counts the stream CANCELLED, as on any disconnect) and the call ends with CancelledError,
+    which grpc.aio logs at DEBUG only.
+    """
+    try:
+        async for response in responses:
+            await context.write(response)
+    except grpc.aio.InternalError:  # the transport is gone: the client disconnected
+        raise asyncio.CancelledError from None
+    finally:  # now, not when the generator is collected: the stream's cleanup and metrics run at once
+        await responses.aclose()
+
+
 def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     deserializer = _tolerant(handler.request_deserializer, method)
     serializer = passing_bytes(handler.response_serializer)
@@ -114,10 +140,8 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     if handler.stream_stream is not None:
         streaming = handler.stream_stream
 
-        async def stream_stream(requests: AsyncIterator[Any],
-                                context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-            async for response in streaming(_checked(requests), context):
-                yield response
+        async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await write_responses(streaming(_checked(requests), context), context)
 
         return grpc.stream_stream_rpc_method_handler(stream_stream, request_deserializer=deserializer,
                                                      response_serializer=serializer)
