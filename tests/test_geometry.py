@@ -1,4 +1,5 @@
-"""The paper's few-label kNN protocol and the paired comparison of two models on the same splits."""
+"""The paper's geometry protocols: few-label kNN, shattering dimensionality, and the paired comparison of two
+models on the same splits."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
 from pvae.training import geometry
 from pvae.training.geometry import knn_paper_protocol, paired_comparison
+from pvae.training.shattering import balanced_splits, shattering_dimensionality, stratified_subsample
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +114,58 @@ def test_paired_comparison_statistics() -> None:
     assert one["ci95"] is None and one["wilcoxon_p"] is None and one["n_a_greater"] == 1
     with pytest.raises(ValueError, match="same length"):
         paired_comparison(a, b[:5])
+
+
+# ----------------------------------------------------------------------------- shattering dimensionality
+
+
+def test_shattering_separable_codes_score_one_noise_one_half_on_the_same_splits() -> None:
+    x_train, y_train = _clusters(400, seed=5, spread=0.1)
+    x_test, y_test = _clusters(400, seed=6, spread=0.1)
+    rng = np.random.default_rng(7)
+    good = shattering_dimensionality(x_train, y_train, x_test, y_test)
+    bad = shattering_dimensionality(rng.normal(size=x_train.shape), y_train, rng.normal(size=x_test.shape), y_test)
+    assert good["n_splits"] == bad["n_splits"] == len(good["accuracies"]) == 126
+    assert good["splits"] == bad["splits"] == [list(s) for s in balanced_splits(range(10))]
+    assert good["splits"][0] == [0, 1, 2, 3, 4] and good["splits"][-1] == [0, 6, 7, 8, 9]
+    assert good["mean"] > 0.99 and abs(bad["mean"] - 0.5) < 0.05
+    assert (good["n_train"], good["n_test"], good["not_converged"]) == (400, 400, 0)
+    cmp = paired_comparison(good["accuracies"], bad["accuracies"])
+    assert cmp["n"] == 126 and cmp["n_a_greater"] == 126 and cmp["ci95_low"] > 0.4 and cmp["wilcoxon_p"] < 1e-10
+
+
+def test_a_split_and_its_complement_score_the_same() -> None:
+    """Why 126 dichotomies give the paper's mean over 252 ordered splits."""
+    x_train, y_train = _clusters(300, seed=8, spread=1.5)
+    x_test, y_test = _clusters(300, seed=9, spread=1.5)
+    for group in balanced_splits(range(10))[::25]:
+        target, target_test = np.isin(y_train, group), np.isin(y_test, group)
+        one = LogisticRegression().fit(x_train, target).score(x_test, target_test)
+        other = LogisticRegression().fit(x_train, ~target).score(x_test, ~target_test)
+        assert one == pytest.approx(other)
+
+
+def test_shattering_subsample_is_seeded_and_stratified() -> None:
+    rng = np.random.default_rng(10)
+    labels = np.repeat(np.arange(10), [50, 100, 150, 200, 250, 300, 350, 400, 450, 500])  # 2750, unbalanced
+    keep = stratified_subsample(labels, 550, seed=1)
+    assert len(keep) == len(np.unique(keep)) == 550
+    np.testing.assert_array_equal(np.bincount(labels[keep]), [10, 20, 30, 40, 50, 60, 70, 80, 90, 100])
+    assert np.array_equal(keep, stratified_subsample(labels, 550, seed=1))
+    assert not np.array_equal(keep, stratified_subsample(labels, 550, seed=2))
+    odd = np.bincount(labels[stratified_subsample(labels, 101, seed=0)], minlength=10)
+    assert odd.sum() == 101 and np.all(np.abs(odd - 101 * np.bincount(labels) / len(labels)) < 1)
+    features = np.eye(10)[labels] + rng.normal(size=(len(labels), 10))
+    a = shattering_dimensionality(features, labels, features[:300], labels[:300], max_train_samples=550, seed=1)
+    b = shattering_dimensionality(features, labels, features[:300], labels[:300], max_train_samples=550, seed=1)
+    c = shattering_dimensionality(features, labels, features[:300], labels[:300], max_train_samples=550, seed=2)
+    assert a["accuracies"] == b["accuracies"] != c["accuracies"] and a["n_train"] == 550
+
+
+def test_shattering_counts_fits_that_do_not_converge_without_warning() -> None:
+    x_train, y_train = _clusters(200, seed=11, spread=2.0)
+    x_test, y_test = _clusters(200, seed=12, spread=2.0)
+    out = shattering_dimensionality(100 * x_train, y_train, 100 * x_test, y_test, max_iter=2)  # unscaled, 2 steps
+    assert 0 < out["not_converged"] <= 126  # counted; a warning escaping would fail the test (warnings are errors)
+    with pytest.raises(ValueError, match="do not occur"):
+        shattering_dimensionality(x_train, y_train % 5, x_test, y_test)

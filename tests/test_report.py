@@ -60,23 +60,26 @@ def _clusters(n: int, dims: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_shattering_on_separable_and_structureless_features() -> None:
     features, labels = _clusters(300, 10, seed=0)  # one axis per class: every dichotomy is linearly separable
-    full = shattering_dimensionality(features, labels)
-    assert full["n_splits"] == full["n_splits_total"] == 126
+    test_features, test_labels = _clusters(300, 10, seed=5)
+    full = shattering_dimensionality(features, labels, test_features, test_labels)
+    assert full["n_splits"] == len(full["accuracies"]) == 126
     assert full["mean"] > 0.98
-    noise = shattering_dimensionality(np.random.default_rng(1).normal(size=(300, 10)), labels, max_splits=10)
-    assert noise["n_splits"] == 10 and abs(noise["mean"] - 0.5) < 0.12
+    noise = shattering_dimensionality(np.random.default_rng(1).normal(size=(300, 10)), labels,
+                                      np.random.default_rng(2).normal(size=(300, 10)), test_labels)
+    assert abs(noise["mean"] - 0.5) < 0.08
     # One feature, the class index: only the split {0..4} vs {5..9} is a threshold, most others are not.
-    line = shattering_dimensionality(labels[:, None].astype(float), labels, max_splits=20)
+    line = shattering_dimensionality(labels[:, None].astype(float), labels, test_labels[:, None].astype(float),
+                                     test_labels)
     assert 0.55 < line["mean"] < 0.85
 
 
 def test_shattering_subsets_are_seeded() -> None:
     features, labels = _clusters(400, 10, seed=2)
-    a = shattering_dimensionality(features, labels, max_splits=5, max_samples=200, seed=3)
-    b = shattering_dimensionality(features, labels, max_splits=5, max_samples=200, seed=3)
-    assert a["accuracies"] == b["accuracies"] and a["n_train"] == 100
+    a = shattering_dimensionality(features, labels, features, labels, max_train_samples=200, seed=3)
+    b = shattering_dimensionality(features, labels, features, labels, max_train_samples=200, seed=3)
+    assert a["accuracies"] == b["accuracies"] and a["n_train"] == 200 and a["n_test"] == 400
     with pytest.raises(ValueError, match="agree"):
-        shattering_dimensionality(features, labels[:10])
+        shattering_dimensionality(features, labels[:10], features, labels)
 
 
 # ----------------------------------------------------------------------------- verdicts on hand-made numbers
