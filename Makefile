@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pvae-installed
 RUNS ?= runs
 
-.PHONY: setup demo test lint typecheck pytest model escape-study report-quick bench-train bench-oip clean
+.PHONY: setup demo test lint typecheck pytest model escape-study report-quick report-cpu bench-train bench-oip clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
@@ -52,9 +52,16 @@ escape-study: setup
 		"paper-era recipe, prior init U(-6,-4), mc=$(RUNS)/escape-paper" \
 		"default-model recipe, prior init U(-2,-1), exact=$(RUNS)/default-model"
 
-## report-quick: the paper-reproduction report (P-VAE vs G/L/C-VAE and sparse coding), CPU budget.
+## report-quick: the paper study on small budgets (< 10 min on a 2-core CPU; indicative numbers).
 report-quick: setup
 	$(BIN)/pvae-report --quick --out $(RUNS)/report-quick
+
+## report-cpu: the paper study with the paper's protocols (<= 90 min on a 2-core CPU); figures -> docs/report.
+report-cpu: setup
+	$(BIN)/pvae-report --cpu --out $(RUNS)/report-cpu
+	rm -rf docs/report && mkdir -p docs/report
+	cp $(RUNS)/report-cpu/report.md $(RUNS)/report-cpu/report.json docs/report/
+	cp -r $(RUNS)/report-cpu/figures docs/report/
 
 ## bench-train: training throughput, adaptive sampler vs Algorithm 1 as written.
 bench-train: setup

@@ -61,7 +61,9 @@ def evaluate_model(
         xb = x[start:start + batch_size].to(device).reshape(-1, model.cfg.input_dim)  # (B, D)
         out = model(xb, temperature=0.0, generator=gen)
         mse.append(reconstruction_error(xb, out.recon.float()))
-        mse_map.append(reconstruction_error(xb, model.decode(model.latent.mean(out.posterior)).float()))
+        # mse_map decodes the posterior mean; the G-VAE+ReLU decodes mu itself, not relu(mu), as the paper does.
+        code = out.posterior.params["mu"] if model.cfg.latent == "gaussian-relu" else model.latent.mean(out.posterior)
+        mse_map.append(reconstruction_error(xb, model.decode(code).float()))
         kl_rows.append(out.kl)  # (B, K)
         codes.append(out.z.cpu())
         if "rate" in out.posterior.params:

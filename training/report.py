@@ -1,11 +1,14 @@
 """``pvae-report``: train the model zoo, measure the paper's claims, write a report with a verdict table.
 
-    pvae-report --quick --out runs/report-quick          # <= 20 min on a 2-core CPU
-    pvae-report --out runs/report --device cuda          # the paper's schedules (GPU)
+    pvae-report --quick                    # < 10 min on a 2-core CPU (indicative numbers)
+    pvae-report --cpu                      # every protocol, <= 90 min on a 2-core CPU -> runs/report-cpu
+    pvae-report --full --device cuda       # the paper's budgets (GPU)
 
-Data flow: config (``report_config``) -> train and evaluate the patch study (P-VAE beta sweep, G/L/C-VAE
-and G-VAE+ReLU baselines, LCA/ISTA sparse coding, LCA on the P-VAE's dictionary) and the labelled-image
-study (few-label kNN, shattering) -> verdicts (``report_verdict``, computed from the numbers) ->
+Data flow: config (``report_config``) -> train and evaluate the patch study (the P-VAE beta sweep over seeds
+with a rank-correlation trend test, Table 4 for every loss, family and encoder, active latents by the
+paper's criteria and by usage with untrained controls, Gabor fits, LCA/ISTA, LCA on the P-VAE's dictionary)
+and the geometry study (nonlinear encoders; few-label kNN with the paper's pool/evaluation split,
+shattering over every class split, both compared paired) -> verdicts (``report_verdict``, computed from the numbers) ->
 figures (``report_figures``) -> document (``report_document``). The output directory holds
 ``report.md`` (or ``report.html``), ``report.json`` (every number, the config and the verdicts),
 ``figures/*.png``, ``bases.npz`` (every basis shown) and ``models/*`` (the trained checkpoints).
@@ -34,29 +37,29 @@ from tqdm import tqdm
 from pvae import __version__
 from pvae.cli import run_cli
 from pvae.errors import CheckpointError, ConfigError
+from pvae.training.active_latents import active_latent_summary
 from pvae.training.checkpoint import build_model, load_checkpoint
-from pvae.training.config import ModelConfig, TrainConfig
+from pvae.training.config import PAPER_ERA_SCHEDULE, ModelConfig, TrainConfig
 from pvae.training.data import PatchConfig, load_dataset
 from pvae.training.device import resolve_device
-from pvae.training.evaluate import ACTIVE_KL_THRESHOLD, encode_features, evaluate_model, knn_few_label, sparsity
+from pvae.training.evaluate import encode_features, evaluate_model
 from pvae.training.gabor import GABOR_R2_THRESHOLD, fit_gabors, summarise_gabor_fits
+from pvae.training.geometry import knn_paper_protocol, paired_comparison
 from pvae.training.model import VAE
-from pvae.training.plots import basis_vectors
 from pvae.training.report_config import (
+    PRESETS,
     ClassificationStudy,
     ImageStudy,
     PatchStudy,
     ReportConfig,
     deviations,
-    full_config,
-    quick_config,
-    smoke_config,
 )
 from pvae.training.report_document import FORMATS, build_document, relative, render
 from pvae.training.report_figures import (
     save_active_latents,
     save_basis_comparison,
     save_basis_grid,
+    save_beta_sweep,
     save_gabor_r2,
     save_knn,
     save_shattering,
@@ -216,30 +219,103 @@ def amortisation_gap(model: VAE, x: torch.Tensor, fractions: Sequence[float], n_
 # ----------------------------------------------------------------------------- patch study
 
 
+#: Paper values the report prints beside ours (reproduction.md, van Hateren, lin|lin and conv|lin).
+PAPER_TABLE4 = {  # NELBO, (lin, conv) encoder
+    ("poisson", "exact"): (168.0, 162.4), ("poisson", "mc"): (167.2, 163.4), ("poisson", "st"): (179.3, 179.4),
+    ("gaussian", "mc"): (160.3, 154.4), ("laplace", "mc"): (167.3, 159.2), ("categorical", "mc"): (170.5, 171.9),
+}
+PAPER_COMPONENTS = {"poisson": (137.7, 102.4, 29.5), "gaussian": (122.7, 82.3, 37.6), "laplace": (126.9, 91.2, 40.4),
+                    "categorical": (165.0, 157.6, 5.5)}  # mse, mse_map, KL (lin|lin)
+PAPER_SWEEP = {0.01: (3.35, 0.325), 0.2: (28.7, 0.402), 0.4: (52.3, 0.502), 0.6: (72.2, 0.608), 0.8: (88.6, 0.708),
+               1.0: (102.4, 0.790), 1.5: (130.9, 0.912), 4.0: (234.5, 0.997)}  # beta: (mse_map, lifetime)
+PAPER_SPARSE_CODING = {"lca": (50.2, 0.917), "ista": (86.9, 0.961)}  # best settings: mse, lifetime
+PAPER_ACTIVE_TABLE2 = {"poisson": (0.984, 0.819), "laplace": (0.188, 0.222), "gaussian": (0.218, 0.246)}
+#: Bootstrap resamples of the trend test.
+TREND_BOOTSTRAP = 2000
+
+
+def _patch_train_config(study: PatchStudy, family: str, beta: float, encoder: str, loss: str, seed: int,
+                        cfg: ReportConfig) -> TrainConfig:
+    """The paper-era recipe (reproduction.md) scaled to ``epochs``: warm-up, oscillating cosine, clip 500
+    (x3 in warm-up), beta and temperature annealed over the first half, no beta hold (linear decoder)."""
+    epochs = study.epochs if family == "poisson" else study.baseline_epochs
+    if encoder != "lin":
+        epochs = study.conv_epochs
+    prior = study.prior_log_rate_init if family == "poisson" else None
+    model = ModelConfig(arch=f"{encoder}|lin", latent=family, n_latents=study.n_latents, init_std=study.init_std,
+                        prior_log_rate_init=prior, conv_channels=study.conv_channels)
+    # The paper warms up for 5 of 3000 epochs; short runs warm up for one epoch (half of a 1-epoch run).
+    schedule = {**PAPER_ERA_SCHEDULE, "warmup_epochs": min(5.0, max(1.0, epochs / 30), epochs / 2)}
+    return TrainConfig(
+        model=model, data="patches", n_patches=study.n_patches, epochs=epochs, batch_size=study.batch_size,
+        lr=study.lr, beta=beta, beta_hold_fraction=0.0, loss="exact" if loss == "exact" else "mc",
+        straight_through=loss == "st", temperature_end=END_TEMPERATURE.get(family, DEFAULT_END_TEMPERATURE),
+        max_val_samples=study.max_val_samples, eval_every=epochs, device=cfg.device, seed=seed, **schedule,
+    )
+
+
+def _model_name(family: str, encoder: str, loss: str, beta: float | None = None, seed: int | None = None) -> str:
+    name = FAMILY_NAMES[family]
+    if family == "poisson":
+        name += f" {loss}"
+    name += f" {encoder}|lin"
+    if beta is not None:
+        name += f" β={beta:g}"
+    if seed is not None:
+        name += f" seed {seed}"
+    return name
+
+
 @torch.no_grad()
 def _evaluate_patch_model(model: VAE, val_x: torch.Tensor, n_gabor: int, seed: int) -> tuple[dict[str, Any],
-                                                                                           np.ndarray]:
+                                                                                           np.ndarray | None]:
+    """Metrics, active latents by every criterion, and (n_gabor > 0) Gabor fits of the most used filters."""
     metrics = evaluate_model(model, val_x, seed=seed)
-    gen = torch.Generator(device=val_x.device).manual_seed(seed)
-    z = model(val_x, temperature=0.0, generator=gen).z.abs().cpu().numpy()  # (N, K) exact sample magnitudes
-    tiles, kl = basis_vectors(model, val_x)  # (K, h, w), largest KL first
-    n_active = int((kl > ACTIVE_KL_THRESHOLD[model.cfg.latent]).sum())
-    fits = fit_gabors(tiles[:min(n_gabor, n_active)])
-    record = {"family": model.cfg.latent, "metrics": metrics,
-              "magnitude_lifetime_sparsity": float(sparsity(z, axis=0).mean()),
-              "n_active_filters": n_active, "gabor": summarise_gabor_fits(fits),
-              "gabor_r2": [f.r2 for f in fits], "gabor_fits": [f.to_dict() for f in fits]}
+    active = active_latent_summary(model, val_x, untrained_reference=False, seed=seed)
+    record: dict[str, Any] = {"family": model.cfg.latent, "encoder": model.cfg.encoder, "metrics": metrics,
+                              "active": active}
+    if n_gabor <= 0:
+        return record, None
+    usage = np.asarray(active["usage_rises"], dtype=np.float64)
+    order = np.argsort(-usage)
+    h, w = model.cfg.input_shape
+    tiles = model.dictionary.detach().float().cpu().numpy().T[order].reshape(-1, h, w)  # (K, h, w), most used first
+    n_used = int(np.sum(usage > float(active["usage"]["threshold"])))
+    fits = fit_gabors(tiles[:min(n_gabor, n_used)])
+    record.update(gabor=summarise_gabor_fits(fits), gabor_r2=[f.r2 for f in fits])
     return record, tiles
 
 
-def _patch_train_config(study: PatchStudy, family: str, beta: float, cfg: ReportConfig) -> TrainConfig:
-    return TrainConfig(
-        model=ModelConfig(arch="lin|lin", latent=family, n_latents=study.n_latents, init_std=study.init_std),
-        data="patches", n_patches=study.n_patches, epochs=study.epochs, batch_size=study.batch_size, lr=study.lr,
-        beta=beta, beta_hold_fraction=0.0,  # c = 0 for linear decoders (pvae-model.md)
-        temperature_end=END_TEMPERATURE.get(family, DEFAULT_END_TEMPERATURE),
-        max_val_samples=study.max_val_samples, eval_every=study.epochs, device=cfg.device, seed=cfg.seed,
-    )
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
+    from scipy.stats import spearmanr
+
+    if len(set(x)) < 2 or len(set(y)) < 2:
+        return float("nan")
+    return float(spearmanr(x, y).statistic)
+
+
+def trend_test(sweep: Sequence[Mapping[str, Any]], key: str, seed: int, n_boot: int = TREND_BOOTSTRAP
+               ) -> dict[str, Any]:
+    """Rank correlation of ``key`` with beta: per seed, and a bootstrap 95% CI over seeds (each resample
+    draws, for every beta, one of that beta's seeds; with one seed per beta the CI is a point)."""
+    betas = sorted({float(r["beta"]) for r in sweep})
+    by_beta = {b: [float(r[key]) for r in sweep if float(r["beta"]) == b] for b in betas}
+    seeds = sorted({int(r["seed"]) for r in sweep})
+    per_seed = {}
+    for s in seeds:
+        pts = sorted((float(r["beta"]), float(r[key])) for r in sweep if int(r["seed"]) == s)
+        per_seed[str(s)] = spearman([p[0] for p in pts], [p[1] for p in pts])
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        values = [by_beta[b][int(rng.integers(len(by_beta[b])))] for b in betas]
+        boot.append(spearman(betas, values))
+    arr = np.asarray([b for b in boot if not math.isnan(b)])
+    mean_by_beta = [float(np.mean(by_beta[b])) for b in betas]
+    return {"rho_mean_curve": spearman(betas, mean_by_beta), "rho_per_seed": per_seed,
+            "ci95": [float(np.percentile(arr, 2.5)), float(np.percentile(arr, 97.5))] if len(arr) else [None, None],
+            "n_boot": n_boot}
 
 
 def run_patch_study(study: PatchStudy, cfg: ReportConfig, ctx: RunContext) -> tuple[dict[str, Any],
@@ -253,20 +329,77 @@ def run_patch_study(study: PatchStudy, cfg: ReportConfig, ctx: RunContext) -> tu
                                "gabor_filters": study.gabor_filters, "models": {}, "sparse_coding": {},
                                "ppca": ppca_active_fraction(data.train, study.reference_beta, study.n_latents)}
     tiles: dict[str, np.ndarray] = {}
-    runs = [(f"P-VAE β={b:g}", "poisson", b) for b in study.betas]
-    runs += [(FAMILY_NAMES[f], f, study.reference_beta) for f in study.baselines]
-    results["reference"] = f"P-VAE β={study.reference_beta:g}"
+    ref = study.reference_beta
+
+    def train_and_evaluate(family: str, encoder: str, loss: str, beta: float, seed: int, name: str,
+                           n_gabor: int) -> tuple[VAE, dict[str, Any]]:
+        train_cfg = _patch_train_config(study, family, beta, encoder, loss, seed, cfg)
+        ctx.begin(f"patches: {name} (K={study.n_latents}, {_epochs(train_cfg.epochs)})")
+        model, seconds, reused = train_vae(train_cfg, name, ctx)
+        record, model_tiles = _evaluate_patch_model(model, val_x, n_gabor, seed)
+        record.update(beta=beta, loss=loss, seed=seed, epochs=train_cfg.epochs, train_seconds=seconds,
+                      reused=reused, convergence=_convergence(ctx.out_dir / "models" / slug(name)))
+        if model_tiles is not None:
+            tiles[name] = model_tiles
+        return model, record
+
+    # The beta sweep: lin|lin P-VAEs, every beta x seed.
+    sweep: list[dict[str, Any]] = []
     reference_model: VAE | None = None
-    for name, family, beta in runs:
-        ctx.begin(f"patches: {name} (lin|lin, K={study.n_latents}, {_epochs(study.epochs)})")
-        model, seconds, reused = train_vae(_patch_train_config(study, family, beta, cfg), name, ctx)
-        # Gabor fits (the slow part of evaluation) for the models the claims compare: the reference P-VAE
-        # and the baselines; the other betas of the sweep only need mse_map and sparsity.
-        n_gabor = study.gabor_filters if family != "poisson" or name == results["reference"] else 0
-        record, tiles[name] = _evaluate_patch_model(model, val_x, n_gabor, cfg.seed)
-        results["models"][name] = {"beta": beta, "train_seconds": seconds, "reused": reused, **record}
-        if name == results["reference"]:
-            reference_model = model
+    reference_name = _model_name("poisson", "lin", study.sweep_loss, ref)
+    for beta in study.betas:
+        for i in range(study.seeds):
+            seed = cfg.seed + i
+            is_reference = beta == ref and i == 0
+            name = reference_name if is_reference else _model_name("poisson", "lin", study.sweep_loss, beta, seed)
+            model, record = train_and_evaluate("poisson", "lin", study.sweep_loss, beta, seed, name,
+                                               study.gabor_filters if is_reference else 0)
+            m = record["metrics"]
+            sweep.append({"beta": beta, "seed": seed, "model": name, "mse_map": m["mse_map"], "nelbo": m["nelbo"],
+                          "lifetime_sparsity": m["lifetime_sparsity"], "population_sparsity": m["population_sparsity"]})
+            if is_reference:
+                reference_model = model
+                results["models"][name] = record
+    results["reference"] = reference_name
+    results["beta_sweep"] = sweep
+    results["beta_trend"] = {"mse_map": trend_test(sweep, "mse_map", cfg.seed),
+                             "lifetime_sparsity": trend_test(sweep, "lifetime_sparsity", cfg.seed),
+                             "paper": {str(b): {"mse_map": v[0], "lifetime_sparsity": v[1]}
+                                       for b, v in PAPER_SWEEP.items()}}
+
+    # Table 4: every loss and family, lin and conv encoders, at the reference beta.
+    table4 = []
+    for encoder in study.encoders:
+        col = 0 if encoder == "lin" else 1
+        runs = [("poisson", loss) for loss in study.losses] + [(f, "mc") for f in study.baselines]
+        for family, loss in runs:
+            name = _model_name(family, encoder, loss, ref if family == "poisson" else None)
+            if name != reference_name:
+                n_gabor = study.gabor_filters if encoder == "lin" and family != "poisson" else 0
+                _, record = train_and_evaluate(family, encoder, loss, ref, cfg.seed, name, n_gabor)
+                results["models"][name] = record
+            m = results["models"][name]["metrics"]
+            paper = PAPER_TABLE4.get((family, loss))
+            table4.append({"model": name, "family": family, "loss": loss, "encoder": encoder, "nelbo": m["nelbo"],
+                           "mse": m["mse"], "mse_map": m["mse_map"], "kl": m["kl"],
+                           "paper_nelbo": paper[col] if paper else None,
+                           "epochs": results["models"][name]["epochs"]})
+    results["table4"] = table4
+    results["paper"] = {"components": {f: dict(zip(("mse", "mse_map", "kl"), v, strict=True))
+                                       for f, v in PAPER_COMPONENTS.items()},
+                        "active_table2": {f: {"lin": v[0], "conv": v[1]} for f, v in PAPER_ACTIVE_TABLE2.items()},
+                        "sparse_coding": {k: {"mse": v[0], "lifetime_sparsity": v[1]}
+                                          for k, v in PAPER_SPARSE_CODING.items()}}
+
+    # Controls: every family untrained (fresh init), scored by the same active-latent criteria.
+    controls = {}
+    for family in ("poisson", *study.baselines):
+        torch.manual_seed(cfg.seed)
+        fresh = VAE(_patch_train_config(study, family, ref, "lin", "mc", cfg.seed, cfg).model).to(ctx.device).eval()
+        controls[FAMILY_NAMES[family]] = {"family": family, "active": active_latent_summary(
+            fresh, val_x, untrained_reference=False, seed=cfg.seed)}
+    results["untrained"] = controls
+
     for method, lam in study.sparse_coding:
         name = f"{method.upper()} λ={lam:g}"
         ctx.begin(f"patches: sparse coding {name} (K={study.n_latents}, {_epochs(study.sc_epochs)})")
@@ -290,54 +423,83 @@ def run_patch_study(study: PatchStudy, cfg: ReportConfig, ctx: RunContext) -> tu
         order = torch.argsort(usage, descending=True)
         sc_tiles = learned.dictionary.T[order].reshape(-1, h, w).cpu().numpy()
         fits = fit_gabors(sc_tiles[:min(study.gabor_filters, int((usage > 0).sum()))])
+        paper = PAPER_SPARSE_CODING[method]
         results["sparse_coding"][name] = {
             "method": method, "lam": lam, "train_seconds": time.perf_counter() - start,
             "metrics": evaluate_codes(xs, learned.dictionary, codes), "history": learned.history,
+            "paper": {"mse": paper[0], "lifetime_sparsity": paper[1]},
             "gabor": summarise_gabor_fits(fits), "gabor_r2": [f.r2 for f in fits]}
         tiles[name] = sc_tiles
     assert reference_model is not None  # PatchStudy checks that reference_beta is one of the betas
-    ctx.begin(f"patches: amortisation gap (LCA on {results['reference']}'s dictionary)")
-    results["amortisation"] = {"model": results["reference"], **amortisation_gap(
+    ctx.begin(f"patches: LCA on {reference_name}'s dictionary")
+    results["amortisation"] = {"model": reference_name, **amortisation_gap(
         reference_model, val_x[:study.amortisation_samples], study.amortisation_lambdas, study.sc_eval_iterations,
         cfg.seed)}
-    results["beta_sweep"] = [
-        {"beta": results["models"][n]["beta"], "model": n, "mse_map": results["models"][n]["metrics"]["mse_map"],
-         "lifetime_sparsity": results["models"][n]["metrics"]["lifetime_sparsity"],
-         "population_sparsity": results["models"][n]["metrics"]["population_sparsity"]}
-        for n, family, _ in runs if family == "poisson"]
     return results, tiles
+
+
+def _convergence(run_dir: Path) -> dict[str, Any]:
+    """How much the training loss still moved at the end: the relative change of the mean epoch loss from
+    the second-last tenth of training to the last tenth (from the run's metrics.jsonl)."""
+    path = run_dir / LOG
+    if not path.exists():
+        return {}
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    losses = [float(r["loss"]) for r in records if "loss" in r]
+    n = len(losses)
+    tenth = max(1, n // 10)
+    if n < 2 * tenth or n < 2:
+        return {"epochs_logged": n}
+    last, before = float(np.mean(losses[-tenth:])), float(np.mean(losses[-2 * tenth:-tenth]))
+    return {"epochs_logged": n, "loss_last_tenth": last, "loss_previous_tenth": before,
+            "relative_change": (last - before) / abs(before) if before else None}
 
 
 # ----------------------------------------------------------------------------- classification study
 
 
 def run_classification_study(study: ClassificationStudy, cfg: ReportConfig, ctx: RunContext) -> dict[str, Any]:
-    """Train every (dataset, K, family) model; few-label kNN and shattering on its features."""
+    """Train every (dataset, K, family) model; few-label kNN and shattering on its features, compared paired."""
     results: dict[str, Any] = {}
     for image_study in study.datasets:
         results[image_study.dataset] = _run_image_study(image_study, study, cfg, ctx)
     return results
 
 
+def _knn_split(image: ImageStudy, n_test: int, n_all: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pool and evaluation indices: Fashion-MNIST the paper's (first ``pool_size`` test images, then the
+    rest); digits (test split too small) a seeded permutation of all images, cut at ``pool_size``."""
+    if image.dataset == "digits":
+        order = np.random.default_rng(seed).permutation(n_all)
+        return order[:image.pool_size], order[image.pool_size:]
+    return np.arange(image.pool_size), np.arange(image.pool_size, n_test)
+
+
 def _run_image_study(image: ImageStudy, study: ClassificationStudy, cfg: ReportConfig,
                      ctx: RunContext) -> dict[str, Any]:
     data = load_dataset(image.dataset, PatchConfig())
     assert data.train_labels is not None and data.val_labels is not None  # labelled datasets only
-    if image.evaluate_on == "all":
-        x_eval = np.concatenate([data.train, data.val])
-        y_eval = np.concatenate([data.train_labels, data.val_labels])
+    x_train, y_train = torch.as_tensor(data.train), np.asarray(data.train_labels)
+    x_test, y_test = torch.as_tensor(data.val), np.asarray(data.val_labels)
+    if image.dataset == "digits":  # kNN on all images (the VAEs saw the training images, never a label)
+        x_knn, y_knn = torch.cat([x_train, x_test]), np.concatenate([y_train, y_test])
     else:
-        x_eval, y_eval = data.val, data.val_labels
-    val_x = torch.as_tensor(data.val[:MAX_IMAGE_VAL_SAMPLES]).to(ctx.device)
+        x_knn, y_knn = x_test, y_test
+    pool, held = _knn_split(image, len(y_test), len(y_knn), cfg.seed)
+    val_x = x_test[:MAX_IMAGE_VAL_SAMPLES].to(ctx.device)
     out: dict[str, Any] = {"budgets": list(image.budgets), "arch": study.arch, "epochs": image.epochs,
-                           "evaluate_on": image.evaluate_on, "n_eval": len(y_eval), "runs": {}}
+                           "conv_channels": list(study.conv_channels), "n_pool": len(pool), "n_eval": len(held),
+                           "n_train": len(y_train), "n_test": len(y_test), "runs": {}, "paired": {}}
     for k in study.n_latents:
-        out["runs"][str(k)] = {}
+        runs: dict[str, Any] = {}
+        knn_accs: dict[str, dict[str, list[float]]] = {}
+        shatter_accs: dict[str, list[float]] = {}
         for family in study.families:
             name = f"{image.dataset} {FAMILY_NAMES[family]} K={k}"
             ctx.begin(f"{image.dataset}: {FAMILY_NAMES[family]} K={k} ({study.arch}, {_epochs(image.epochs)})")
             train_cfg = TrainConfig(
-                model=ModelConfig(arch=study.arch, latent=family, n_latents=k, input_shape=data.image_shape),
+                model=ModelConfig(arch=study.arch, latent=family, n_latents=k, input_shape=data.image_shape,
+                                  conv_channels=study.conv_channels),
                 data=image.dataset, epochs=image.epochs, batch_size=image.batch_size, lr=image.lr,
                 weight_decay=image.weight_decay, grad_clip=image.grad_clip, beta=1.0,
                 beta_hold_fraction=image.beta_hold_fraction,
@@ -345,14 +507,25 @@ def _run_image_study(image: ImageStudy, study: ClassificationStudy, cfg: ReportC
                 max_val_samples=min(len(data.val), MAX_IMAGE_VAL_SAMPLES), eval_every=image.epochs,
                 device=cfg.device, seed=cfg.seed)
             model, seconds, reused = train_vae(train_cfg, name, ctx)
-            features = encode_features(model, torch.as_tensor(x_eval))
-            out["runs"][str(k)][family] = {
-                "train_seconds": seconds, "reused": reused,
-                "metrics": evaluate_model(model, val_x, seed=cfg.seed),
-                "knn": knn_few_label(features, y_eval, image.budgets, study.knn_repeats, cfg.seed),
-                "shattering": shattering_dimensionality(features, y_eval, study.shattering_max_splits,
-                                                        study.shattering_max_samples, cfg.seed),
-            }
+            f_knn = encode_features(model, x_knn)
+            knn = knn_paper_protocol(f_knn, y_knn, budgets=image.budgets, repeats=study.knn_repeats, seed=cfg.seed,
+                                     pool_indices=pool, eval_indices=held)
+            shattering = shattering_dimensionality(encode_features(model, x_train), y_train,
+                                                   encode_features(model, x_test), y_test,
+                                                   max_train_samples=image.shattering_train_samples, seed=cfg.seed)
+            knn_accs[family] = {str(n): list(v["accuracies"]) for n, v in knn.items()}
+            shatter_accs[family] = list(shattering["accuracies"])
+            runs[family] = {"train_seconds": seconds, "reused": reused,
+                            "metrics": evaluate_model(model, val_x, seed=cfg.seed), "knn": knn,
+                            "shattering": {k_: v for k_, v in shattering.items() if k_ != "splits"}}
+        paired: dict[str, Any] = {}
+        for other in (f for f in study.families if f != "poisson"):
+            paired[other] = {
+                "shattering": paired_comparison(shatter_accs["poisson"], shatter_accs[other]),
+                "knn": {n: paired_comparison(knn_accs["poisson"][n], knn_accs[other][n])
+                        for n in knn_accs["poisson"] if n in knn_accs[other] and len(knn_accs["poisson"][n]) > 1}}
+        out["runs"][str(k)] = runs
+        out["paired"][str(k)] = paired
     return out
 
 
@@ -368,26 +541,30 @@ def _figures(results: Mapping[str, Any], tiles: Mapping[str, np.ndarray], out_di
         ref = patches["reference"]
 
         def title(name: str, record: Mapping[str, Any]) -> str:
-            g = record["gabor"]
-            if not g["n_fitted"]:
+            g = record.get("gabor") or {}
+            if not g.get("n_fitted"):
                 return f"{name} (no Gabor fits)"
             return (f"{name}: {g['fraction_gabor_like']:.2f} Gabor-like, median R² {g['median_r2']:.2f} "
                     f"({int(g['n_fitted'])} fitted)")
 
-        if "G-VAE" in models:
+        gvae = "G-VAE lin|lin"
+        if gvae in tiles and ref in tiles:
             paths["basis_compare"] = save_basis_comparison(
-                [(title(ref, models[ref]), tiles[ref]), (title("G-VAE", models["G-VAE"]), tiles["G-VAE"])],
+                [(title(ref, models[ref]), tiles[ref]), (title(gvae, models[gvae]), tiles[gvae])],
                 fig_dir / "basis_pvae_vs_gvae.png")
-        for name, record in list(models.items()) + list(patches["sparse_coding"].items()):
-            paths[f"basis_grid/{name}"] = save_basis_grid(tiles[name], fig_dir / f"basis_{slug(name)}.png",
-                                                          title(name, record))
-        r2 = {n: m["gabor_r2"] for n, m in models.items() if m["gabor_r2"]}
-        r2.update({n: m["gabor_r2"] for n, m in patches["sparse_coding"].items()})
-        families = {n: m["family"] for n, m in models.items()}
-        families.update({n: m["method"] for n, m in patches["sparse_coding"].items()})
-        paths["gabor_r2"] = save_gabor_r2(r2, families, GABOR_R2_THRESHOLD, fig_dir / "gabor_r2.png")
-        paths["active"] = save_active_latents(list(models), [m["metrics"]["active_fraction"] for m in models.values()],
-                                              [m["family"] for m in models.values()], fig_dir / "active_latents.png")
+        records = {**models, **patches["sparse_coding"]}
+        for name, model_tiles in tiles.items():
+            paths[f"basis_grid/{name}"] = save_basis_grid(model_tiles, fig_dir / f"basis_{slug(name)}.png",
+                                                          title(name, records[name]))
+        r2 = {n: m["gabor_r2"] for n, m in records.items() if m.get("gabor_r2")}
+        families = {n: m.get("family") or m["method"] for n, m in records.items()}
+        if r2:
+            paths["gabor_r2"] = save_gabor_r2(r2, families, GABOR_R2_THRESHOLD, fig_dir / "gabor_r2.png")
+        lin = [(n, m) for n, m in models.items() if m["encoder"] == "lin"]
+        paths["active"] = save_active_latents(
+            [n for n, _ in lin], [m["active"]["fractions"] for _, m in lin],
+            {n: c["active"]["fractions"] for n, c in patches["untrained"].items()}, fig_dir / "active_latents.png")
+        paths["beta_sweep"] = save_beta_sweep(patches, fig_dir / "beta_sweep.png")
         paths["tradeoff"] = save_tradeoff(patches, fig_dir / "mse_vs_sparsity.png")
     classification = results.get("classification")
     if classification:
@@ -401,7 +578,8 @@ def _count_stages(cfg: ReportConfig) -> int:
     n = 1  # figures and report
     if cfg.patches is not None:
         p = cfg.patches
-        n += len(p.betas) + len(p.baselines) + len(p.sparse_coding) + 1
+        n += len(p.betas) * p.seeds + len(p.sparse_coding) + 1
+        n += len(p.encoders) * (len(p.losses) + len(p.baselines)) - 1  # the reference model is the sweep's
     if cfg.classification is not None:
         c = cfg.classification
         n += len(c.datasets) * len(c.n_latents) * len(c.families)
@@ -460,13 +638,22 @@ def run_report(cfg: ReportConfig, out_dir: Path, fmt: str = "md", progress: bool
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(allow_abbrev=False,
                                 prog="pvae-report", description="Train the P-VAE and its baselines, test the "
-                                "paper's claims and write a report with a computed verdict table.")
-    p.add_argument("--quick", action="store_true", help="shortened schedules: <= 20 min on a 2-core CPU")
-    p.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)  # toy sizes, for tests
-    p.add_argument("--out", type=Path, help="output folder (default: runs/report-quick or runs/report)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+                                "paper's claims with the paper's protocols and write a report with a computed "
+                                "verdict table.")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--quick", action="store_const", dest="preset", const="quick",
+                        help="small budgets: under 10 min on a 2-core CPU (indicative numbers)")
+    budget.add_argument("--cpu", action="store_const", dest="preset", const="cpu",
+                        help="every protocol, budgets sized to <= 90 min on a 2-core CPU (one thread)")
+    budget.add_argument("--full", action="store_const", dest="preset", const="full",
+                        help="the paper's budgets: a GPU job (the default)")
+    budget.add_argument("--smoke", action="store_const", dest="preset", const="smoke",
+                        help=argparse.SUPPRESS)  # toy sizes, for tests
+    p.add_argument("--out", type=Path, help="output folder (default: runs/report-<preset>)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: cpu for --quick/--cpu, "
+                   "auto for --full)")
     p.add_argument("--format", default="md", choices=FORMATS, help="report format")
-    p.add_argument("--seed", type=int, default=0, help="seed of every model, draw and split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first model of every kind")
     p.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                    help="torch and BLAS CPU threads (1 is fastest on a shared machine)")
     p.add_argument("--reuse", action="store_true", help="reuse finished model runs in OUT/models with the same config")
@@ -480,9 +667,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
-    preset = smoke_config if args.smoke else quick_config if args.quick else full_config
-    cfg = preset(device=args.device, seed=args.seed)
-    out = args.out or Path("runs") / ("report-quick" if args.quick or args.smoke else "report")
+    name = args.preset or "full"
+    preset = PRESETS[name]
+    cfg = preset(seed=args.seed) if args.device is None else preset(device=args.device, seed=args.seed)
+    out = args.out or Path("runs") / f"report-{name}"
     if args.threads < 1:
         raise ConfigError(f"--threads: must be >= 1, got {args.threads}")
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency

@@ -1,4 +1,4 @@
-"""PNG figures of ``pvae-report``: basis grids, Gabor R^2, active latents, the MSE-sparsity trade-off,
+"""PNG figures of ``pvae-report``: basis grids, Gabor R^2, active latents, the beta sweep, the MSE-sparsity trade-off,
 few-label kNN curves and shattering dimensionality. Pure matplotlib (Agg); arrays and dicts in, PNGs out.
 
     >>> save_basis_grid(tiles, Path("basis.png"), title="P-VAE β=1")     # tiles (N, h, w)
@@ -21,6 +21,7 @@ __all__ = [
     "save_active_latents",
     "save_basis_comparison",
     "save_basis_grid",
+    "save_beta_sweep",
     "save_gabor_r2",
     "save_knn",
     "save_shattering",
@@ -89,42 +90,88 @@ def save_gabor_r2(r2: Mapping[str, Sequence[float]], families: Mapping[str, str]
     return _save(fig, path)
 
 
-def save_active_latents(names: Sequence[str], fractions: Sequence[float], families: Sequence[str],
-                        path: Path) -> Path:
-    """A bar per model: the fraction of latents whose mean KL exceeds the family's threshold."""
+#: Active-latent criteria, in the order the figure and the report show them.
+ACTIVE_CRITERIA = {"usage": "usage (mse_map rise when zeroed)", "table2": "paper Table 2 (norm / KL gap)",
+                   "kl_threshold": "paper Figure 5 (KL threshold)"}
+
+
+def save_active_latents(names: Sequence[str], fractions: Sequence[Mapping[str, float]],
+                        untrained: Mapping[str, Mapping[str, float]], path: Path) -> Path:
+    """Grouped bars: per model, the active fraction by each criterion; hatched: the same family untrained
+    (a criterion an untrained model passes proves nothing)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(names)), 3.8))
-    ax.bar(range(len(names)), fractions, color=[COLOURS.get(f, "gray") for f in families])
-    for i, value in enumerate(fractions):
-        ax.text(i, value + 0.01, f"{value:.2f}", ha="center", fontsize=8)
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    labels = list(names) + [f"{n} (untrained)" for n in untrained]
+    values = list(fractions) + list(untrained.values())
+    width = 0.8 / len(ACTIVE_CRITERIA)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(labels)), 4.0))
+    for j, (key, label) in enumerate(ACTIVE_CRITERIA.items()):
+        xs = [i + (j - (len(ACTIVE_CRITERIA) - 1) / 2) * width for i in range(len(labels))]
+        ys = [float(v.get(key, float("nan"))) for v in values]
+        bars = ax.bar(xs, ys, width=width, label=label, color=f"C{j}")
+        for bar, name in zip(bars, labels, strict=True):
+            if name.endswith("(untrained)"):
+                bar.set_hatch("//")
+                bar.set_alpha(0.5)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.1)
-    ax.set_ylabel("active fraction")
+    ax.set_ylabel("active fraction of K")
+    ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, path)
 
 
-def save_tradeoff(patches: Mapping[str, Any], path: Path) -> Path:
-    """mse_map against lifetime sparsity: the P-VAE beta sweep, VAE baselines, sparse coding and LCA on
-    the P-VAE's dictionary (the amortisation gap as an arrow at matched sparsity); right: the sweep alone."""
+def _sweep_means(sweep: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float], list[float]]:
+    """Per beta: the mean of ``key`` over seeds and its min/max."""
+    betas = sorted({float(r["beta"]) for r in sweep})
+    values = [[float(r[key]) for r in sweep if float(r["beta"]) == b] for b in betas]
+    return betas, [float(np.mean(v)) for v in values], [float(np.max(v) - np.min(v)) / 2 for v in values]
+
+
+def save_beta_sweep(patches: Mapping[str, Any], path: Path) -> Path:
+    """mse_map and lifetime sparsity against beta (mean over seeds, bars: half the seed range, dots: each
+    seed), with the paper's van Hateren values overlaid."""
     plt = _pyplot()
-    fig, (ax, zoom) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [3, 2]})
-    sweep = sorted(patches.get("beta_sweep", []), key=lambda r: r["beta"])
-    for axis in (ax, zoom):
-        if sweep:
-            axis.plot([r["lifetime_sparsity"] for r in sweep], [r["mse_map"] for r in sweep], "o-",
-                      color=COLOURS["poisson"], label="P-VAE β sweep")
-        axis.set_xlabel("lifetime sparsity (exact samples; |code| for signed codes)")
-        axis.set_ylabel("mse_map (sum over pixels)")
-        axis.grid(alpha=0.3)
-    for r in sweep:
-        zoom.annotate(f"β={r['beta']:g}", (r["lifetime_sparsity"], r["mse_map"]), fontsize=8,
-                      textcoords="offset points", xytext=(4, 4))
-    zoom.set_title("P-VAE β sweep (zoom)", fontsize=9)
+    sweep = patches.get("beta_sweep", [])
+    paper = (patches.get("beta_trend") or {}).get("paper", {})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((axes[0], "mse_map", "mse_map"), (axes[1], "lifetime_sparsity", "lifetime sparsity")):
+        betas, means, spread = _sweep_means(sweep, key)
+        ax.errorbar(betas, means, yerr=spread, marker="o", capsize=3, color=COLOURS["poisson"], label="ours")
+        ax.plot([float(r["beta"]) for r in sweep], [float(r[key]) for r in sweep], ".", color=COLOURS["poisson"],
+                alpha=0.4)
+        if paper:
+            pb = sorted(float(b) for b in paper)
+            ax.plot(pb, [paper[str(b) if str(b) in paper else f"{b:g}"][key] for b in pb], "s--", color="gray",
+                    label="paper (van Hateren)")
+        trend = (patches.get("beta_trend") or {}).get(key, {})
+        rho, ci = trend.get("rho_mean_curve"), trend.get("ci95") or [None, None]
+        if rho is not None and ci[0] is not None:
+            ax.set_title(f"{label}: Spearman ρ {rho:.2f} (95% CI {ci[0]:.2f}…{ci[1]:.2f})", fontsize=9)
+        ax.set_xscale("log")
+        ax.set_xlabel("β")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def save_tradeoff(patches: Mapping[str, Any], path: Path) -> Path:
+    """mse_map against lifetime sparsity: the P-VAE beta sweep (mean over seeds), the lin-encoder VAE
+    baselines, sparse coding and LCA on the P-VAE's dictionary (the gap as an arrow at matched sparsity)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    sweep = patches.get("beta_sweep", [])
+    if sweep:
+        betas, mse, _ = _sweep_means(sweep, "mse_map")
+        _, spars, _ = _sweep_means(sweep, "lifetime_sparsity")
+        ax.plot(spars, mse, "o-", color=COLOURS["poisson"], label="P-VAE β sweep")
+        for b, x, y in zip(betas, spars, mse, strict=True):
+            ax.annotate(f"β={b:g}", (x, y), fontsize=7, textcoords="offset points", xytext=(4, 4))
     for name, model in patches.get("models", {}).items():
-        if model["family"] == "poisson":
+        if model["family"] == "poisson" or model.get("encoder") != "lin":
             continue
-        ax.plot(model["magnitude_lifetime_sparsity"], model["metrics"]["mse_map"], "s",
+        ax.plot(model["metrics"]["lifetime_sparsity"], model["metrics"]["mse_map"], "s",
                 color=COLOURS.get(model["family"], "gray"), label=name)
     for name, run in patches.get("sparse_coding", {}).items():
         ax.plot(run["metrics"]["lifetime_sparsity"], run["metrics"]["mse"], "^",
@@ -139,6 +186,9 @@ def save_tradeoff(patches: Mapping[str, Any], path: Path) -> Path:
             ax.annotate("", xy=(matched["lifetime_sparsity"], matched["mse"]),
                         xytext=(amort["pvae"]["lifetime_sparsity"], amort["pvae"]["mse_map"]),
                         arrowprops={"arrowstyle": "->", "color": "gray"})
+    ax.set_xlabel("lifetime sparsity (exact samples; |code| for signed codes)")
+    ax.set_ylabel("mse_map (sum over pixels)")
+    ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     return _save(fig, path)
