@@ -101,6 +101,11 @@ class ServeConfig:
     auth_token_file: str | None = field(default=None, metadata={
         "help": "file of bearer tokens, one a line ('#' comments); calls must send 'authorization: Bearer "
                 "<token>' (health checks excepted); tokens in $PVAE_AUTH_TOKENS are accepted too"})
+    log_burst: int = field(default=5, metadata={
+        "help": "log messages of one kind (same logger and message template; for native libraries such as "
+                "libjpeg, the same line up to its digits) written per --log-interval-s; further ones are counted "
+                "and summarised in one line, so no client can flood the log; 0 turns the limit off"})
+    log_interval_s: float = field(default=60.0, metadata={"help": "the interval of --log-burst, seconds"})
     cache_dir: str | None = field(default=None, metadata={
         "help": "where checkpoints given to --model are exported (default: $PVAE_CACHE_DIR or "
                 "~/.cache/pvae)"})
@@ -146,6 +151,9 @@ class ServeConfig:
                "give both --tls-cert and --tls-key, or neither")
         _check(self.tls_ca is None or self.tls_cert is not None, "tls_ca",
                "mutual TLS needs the server's own --tls-cert and --tls-key")
+        _check(self.log_burst >= 0, "log_burst", f"must be >= 0 (0: no limit), got {self.log_burst}")
+        _check(0.0 < self.log_interval_s <= 86400.0, "log_interval_s",
+               f"must be in (0, 86400] seconds, got {self.log_interval_s}")
         _check(self.drain_grace_s >= 0.0, "drain_grace_s", f"must be >= 0 seconds, got {self.drain_grace_s}")
 
     @property

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -48,6 +49,7 @@ from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 from pvae.serving.batcher import Batcher
 from pvae.serving.config import ServeConfig
 from pvae.serving.engine import Engine, resolve_device
+from pvae.serving.logs import native_stderr_limited, rate_limited_handlers
 from pvae.serving.memory import tune_malloc
 from pvae.serving.metrics import Metrics
 from pvae.serving.oip import SERVICE_NAME as OIP_SERVICE_NAME
@@ -350,11 +352,18 @@ def config_from_args(argv: Sequence[str] | None) -> ServeConfig:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # Exporting a checkpoint on the fly (--model x.pt) runs torch.onnx, whose IR passes log at INFO.
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    asyncio.run(serve(config_from_args(argv)))
+    config = config_from_args(argv)
+    with contextlib.ExitStack() as limits:
+        if config.log_burst:  # before logging is set up: its handler must write to the real stderr
+            limits.enter_context(native_stderr_limited(config.log_burst, config.log_interval_s))
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        # Exporting a checkpoint on the fly (--model x.pt) runs torch.onnx, whose IR passes log at INFO.
+        for noisy in ("onnx_ir", "onnxscript", "torch.onnx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        if config.log_burst:
+            limits.enter_context(rate_limited_handlers(logging.getLogger().handlers, config.log_burst,
+                                                       config.log_interval_s))
+        asyncio.run(serve(config))
     return 0
 
 
