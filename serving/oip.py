@@ -71,6 +71,7 @@ __all__ = [
     "PLATFORM",
     "RAW_OUTPUT_TAG",
     "SERVICE_NAME",
+    "UNIMPLEMENTED_RPCS",
     "DurationStat",
     "InferenceServicer",
     "ModelNotFoundError",
@@ -83,6 +84,7 @@ __all__ = [
     "model_specs",
     "read_inputs",
     "requested_outputs",
+    "unimplemented_rpcs",
     "varint",
 ]
 
@@ -725,6 +727,13 @@ def _unimplemented(name: str) -> Callable[..., Any]:
     return handler
 
 
-for _name, _member in vars(oip_grpc.GRPCInferenceServiceServicer).items():
-    if callable(_member) and not _name.startswith("_") and _name not in vars(InferenceServicer):
-        setattr(InferenceServicer, _name, _unimplemented(_name))
+def unimplemented_rpcs(servicer: type[oip_grpc.GRPCInferenceServiceServicer]) -> list[str]:
+    """The protocol's RPCs that ``servicer`` leaves to the generated base class, in the protocol's order."""
+    return [name for name, member in vars(oip_grpc.GRPCInferenceServiceServicer).items()
+            if callable(member) and not name.startswith("_") and name not in vars(servicer)]
+
+
+#: The protocol's RPCs that pvae-serve answers UNIMPLEMENTED (model load/unload, shared memory, trace, log settings).
+UNIMPLEMENTED_RPCS = tuple(unimplemented_rpcs(InferenceServicer))
+for _name in UNIMPLEMENTED_RPCS:
+    setattr(InferenceServicer, _name, _unimplemented(_name))

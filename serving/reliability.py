@@ -11,7 +11,12 @@ SIGTERM and corrupt-bundle scenarios start ``pvae-serve`` subprocesses), then pr
 - faults injected and survived (each followed by a recovery check without restart);
 - hostile cases tried (a seeded corpus of corrupt files, absurd sizes and malformed protobuf)
   and the statuses they got;
-- with ``--soak``: at least 100k frames and the process RSS growth.
+- with ``--soak``: at least 100k frames and the process RSS growth;
+- port conflicts: a second ``pvae-serve`` on the running server's gRPC port, then on its metrics
+  port, must be one error line and exit code 2;
+- log flood: ``pvae-serve`` gets ``--flood-requests`` (1,000) unimplemented RPCs, then as many
+  malformed requests (the hostile corpus), and the bytes it logs per 1,000 are reported; the
+  rate limit (pvae.serving.logs) must hold every kind of line to its burst per interval.
 
     pvae-reliability                       # quick: about a minute on two cores
     pvae-reliability --soak --soak-frames 100000
@@ -55,17 +60,22 @@ from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
 __all__ = [
+    "FLOOD_KINDS",
     "FaultOutcome",
     "FuzzTally",
     "LoadResult",
+    "LogFlood",
     "corrupt_bundle_at_start",
     "fault_scenarios",
+    "log_flood",
     "main",
+    "port_conflicts",
     "reliability_config",
     "run_faults",
     "run_fuzz",
     "run_load",
     "sigterm_with_streams_in_flight",
+    "unimplemented_methods",
 ]
 
 #: Frame sizes (H, W) the load mixes: small enough for two CPU cores, all multiples of the 16-px patch.
@@ -424,9 +434,9 @@ def run_faults(server: InProcessServer) -> list[FaultOutcome]:
         return [scenario(server, channel) for scenario in fault_scenarios]
 
 
-def _serve_command(bundle_root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pvae.serving", "--model", str(bundle_root), "--port", "0", "--metrics-port", "off",
-            "--device", "cpu", "--warmup-sizes", "32x48", *extra]
+def _serve_command(bundle_root: Path, *extra: str, port: int = 0, metrics_port: int | None = None) -> list[str]:
+    return [sys.executable, "-m", "pvae.serving", "--model", str(bundle_root), "--port", str(port), "--metrics-port",
+            "off" if metrics_port is None else str(metrics_port), "--device", "cpu", "--warmup-sizes", "32x48", *extra]
 
 
 def sigterm_with_streams_in_flight(bundle_root: Path, streams: int = 4, grace_s: float = 5.0) -> FaultOutcome:
@@ -525,6 +535,169 @@ def corrupt_bundle_at_start(bundle_root: Path) -> FaultOutcome:
     error = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
     ok = done.returncode == 2 and error.startswith("pvae-serve: error:") and "frame.onnx" in error
     return FaultOutcome(name, ok, f"exit {done.returncode}: {error[:100]}")
+
+
+def port_conflicts(bundle_root: Path, grpc_port: int, metrics_port: int) -> list[FaultOutcome]:
+    """A second ``pvae-serve`` on the gRPC port, then on the metrics port, of a running server: each
+    must be refused with one error line (no traceback) and exit code 2, and the first server is untouched."""
+    outcomes = []
+    for what, port, metrics, field_name in (("gRPC", grpc_port, None, "port"),
+                                            ("metrics", 0, metrics_port, "metrics_port")):
+        busy = grpc_port if what == "gRPC" else metrics_port
+        done = subprocess.run(_serve_command(bundle_root, port=port, metrics_port=metrics), capture_output=True,
+                              text=True, timeout=SUBPROCESS_START_S)
+        errors = [line for line in done.stderr.splitlines() if "error" in line.lower() or "Traceback" in line]
+        ok = (done.returncode == 2 and "Traceback" not in done.stderr and len(errors) == 1
+              and errors[0].startswith(f"pvae-serve: error: {field_name}: cannot listen on 127.0.0.1:{busy}:"))
+        shown = errors[0] if len(errors) == 1 else f"{len(errors)} error lines"
+        outcomes.append(FaultOutcome(f"second server on a busy {what} port", ok,
+                                     f"exit {done.returncode}: {shown[:110]}"))
+    return outcomes
+
+
+# ----------------------------------------------------------------------------- log flood
+
+
+#: Bad requests sent per log-flood check.
+DEFAULT_FLOOD_REQUESTS = 1000
+#: A method no service on the port has (gRPC answers UNIMPLEMENTED itself).
+UNKNOWN_METHOD = "/pvae.v1.Encoder/NoSuchMethod"
+#: Lines of ``pvae-serve``'s own start and stop (not counted as flood).
+_LIFECYCLE = re.compile(r" pvae\.serving INFO (pvae-serve |SERVING |transport |draining: |stopped|malloc: )")
+_DIGITS = re.compile(r"\d+")
+
+
+def unimplemented_methods() -> list[str]:
+    """Every Open Inference Protocol method that pvae-serve answers UNIMPLEMENTED, and an unknown one."""
+    from pvae.inference import grpc_service_pb2 as oip
+    from pvae.serving.oip import UNIMPLEMENTED_RPCS
+
+    service = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    return [f"/{service.full_name}/{name}" for name in UNIMPLEMENTED_RPCS] + [UNKNOWN_METHOD]
+
+
+@dataclass(frozen=True)
+class LogFlood:
+    """Server log written while one kind of bad request was sent over and over."""
+
+    kind: str
+    requests: int
+    codes: dict[str, int]
+    log_bytes: int
+    """Bytes of server log (stderr) beyond its start and stop lines."""
+    log_lines: int
+    most_repeated: int
+    """Lines of the most frequent kind (the line with its digits masked; traceback lines not counted)."""
+    allowed: int
+    """The most lines of one kind the rate limit lets through in the time the run took."""
+    log: str
+    """What was counted."""
+
+    @property
+    def excerpt(self) -> str:
+        """The first lines of ``log``."""
+        return "".join(self.log.splitlines(keepends=True)[:12])
+
+    @property
+    def bytes_per_1000(self) -> float:
+        return self.log_bytes * 1000 / max(self.requests, 1)
+
+    @property
+    def bounded(self) -> bool:
+        return self.most_repeated <= self.allowed
+
+
+def _message_heads(lines: Sequence[str]) -> list[str]:
+    """The first line of every log message: tracebacks (down to their exception line) and the rate
+    limit's own notices are left out, so each line left stands for one message."""
+    heads = []
+    in_traceback = False
+    for line in lines:
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback:
+            in_traceback = line.startswith(" ")  # the first unindented line is the exception: the end
+        elif line.strip() and not line.startswith(("pvae-serve: native stderr:", "During handling", "The above")) \
+                and " pvae.serving.logs " not in line:
+            heads.append(line)
+    return heads
+
+
+def _send(channel: grpc.Channel, calls: Iterator[tuple[str, bytes]]) -> dict[str, int]:
+    codes: dict[str, int] = {}
+    for method, payload in calls:
+        code = grpc.StatusCode.OK
+        try:
+            if method.endswith("/StreamEncode"):
+                call = channel.stream_stream(method, request_serializer=None, response_deserializer=None)
+                for _ in call(iter([payload]), timeout=PROBE_TIMEOUT_S):
+                    pass
+            else:
+                channel.unary_unary(method, request_serializer=None, response_deserializer=None)(
+                    payload, timeout=PROBE_TIMEOUT_S)
+        except grpc.RpcError as exc:
+            code = exc.code()
+        codes[code.name] = codes.get(code.name, 0) + 1
+    return codes
+
+
+def _flood_calls(kind: str, requests: int, seed: int) -> Iterator[tuple[str, bytes]]:
+    if kind == "unimplemented RPCs":
+        methods = unimplemented_methods()
+        return ((methods[i % len(methods)], b"") for i in range(requests))
+    return hostile_payloads(random.Random(seed), requests)
+
+
+#: The kinds of bad request the log-flood check sends.
+FLOOD_KINDS = ("unimplemented RPCs", "malformed requests")
+
+
+def log_flood(bundle_root: Path, kind: str, requests: int = DEFAULT_FLOOD_REQUESTS, seed: int = 0,
+              log_burst: int | None = None, log_interval_s: float | None = None) -> LogFlood:
+    """Start ``pvae-serve`` (its default log limits unless given), send ``requests`` bad requests of
+    ``kind`` (FLOOD_KINDS: every unimplemented RPC in turn, or the seeded hostile corpus), stop it
+    with SIGTERM and measure what it wrote to its log beyond its own start and stop lines."""
+    from pvae.serving.config import ServeConfig
+
+    if kind not in FLOOD_KINDS:
+        raise ValueError(f"kind must be one of {FLOOD_KINDS}, got {kind!r}")
+    defaults = ServeConfig()
+    burst = defaults.log_burst if log_burst is None else log_burst
+    interval = defaults.log_interval_s if log_interval_s is None else log_interval_s
+    flags = ("--log-burst", str(burst), "--log-interval-s", str(interval))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(_serve_command(bundle_root, *flags), stderr=subprocess.PIPE, env=env) as process:
+        try:
+            assert process.stderr is not None
+            port = None
+            for raw in process.stderr:
+                line = raw.decode(errors="replace")
+                match = re.search(r" on 127\.0\.0\.1:(\d+)", line)
+                port = port or (int(match.group(1)) if match else None)
+                if " transport " in line:  # the last start-up line
+                    break
+            if port is None:
+                raise RuntimeError("pvae-serve did not report its port")
+            rest: list[bytes] = []
+            reader = threading.Thread(target=lambda: rest.extend(process.stderr or ()), daemon=True)
+            reader.start()
+            started = time.monotonic()
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                codes = _send(channel, _flood_calls(kind, requests, seed))
+            process.send_signal(signal.SIGTERM)
+            process.wait(SUBPROCESS_START_S)
+            reader.join(SUBPROCESS_START_S)  # end of file: the server and its log forwarder have both exited
+            took = time.monotonic() - started
+        finally:
+            if process.poll() is None:
+                process.kill()
+    lines = [raw.decode(errors="replace") for raw in rest if not _LIFECYCLE.search(raw.decode(errors="replace"))]
+    firsts = [_DIGITS.sub("#", line) for line in _message_heads(lines)]
+    most = max((firsts.count(line) for line in set(firsts)), default=0)
+    # One kind's intervals start at least an interval apart: at most took // interval + 1 of them in the run.
+    allowed = burst * (int(took // interval) + 1) if burst else requests
+    return LogFlood(kind, requests, codes, sum(len(line.encode()) for line in lines), len(lines), most, allowed,
+                    "".join(lines))
 
 
 # ----------------------------------------------------------------------------- hostile input
@@ -691,10 +864,14 @@ class ReliabilityConfig:
     """Frames the soak sends."""
     seed: int = 0
     """Seed of the hostile corpus."""
+    flood_requests: int = DEFAULT_FLOOD_REQUESTS
+    """Bad requests of each kind sent to a ``pvae-serve`` whose log is measured (0 skips the check)."""
 
     def __post_init__(self) -> None:
         if self.streams < 1 or self.duration_s <= 0 or self.fuzz_cases < 0 or self.soak_frames < 1:
             raise ConfigError("streams, duration and soak frames must be positive, fuzz cases >= 0")
+        if self.flood_requests < 0:
+            raise ConfigError(f"flood requests must be >= 0, got {self.flood_requests}")
 
 
 def run_report(config: ReliabilityConfig, bundle: Bundle | None = None) -> tuple[str, bool]:
@@ -703,7 +880,7 @@ def run_report(config: ReliabilityConfig, bundle: Bundle | None = None) -> tuple
     rows: list[tuple[str, str, str]] = [("check", "what", "result")]
     passed = True
     engine = Engine(bundle, DevicePlan("cpu"))
-    with InProcessServer(reliability_config(), engine=engine, auth_tokens=()) as server:
+    with InProcessServer(reliability_config(metrics_port=0), engine=engine, auth_tokens=()) as server:
         load = run_load(server.address, server.registry, config.streams, config.duration_s)
         rows += _load_rows("quick", load)
         passed &= load.lost == 0 and load.block_dropped == 0 and not load.stream_errors
@@ -714,6 +891,8 @@ def run_report(config: ReliabilityConfig, bundle: Bundle | None = None) -> tuple
             passed &= soak.lost == 0 and soak.block_dropped == 0 and not soak.stream_errors
         faults = run_faults(server)
         tally = run_fuzz(server.address, config.fuzz_cases, config.seed)
+        assert server.running is not None and server.running.metrics_port is not None
+        faults += port_conflicts(bundle.root, server.port, server.running.metrics_port)
         with grpc.insecure_channel(server.address) as channel:
             after_fuzz = serves_normally(channel)
     faults.append(sigterm_with_streams_in_flight(bundle.root))
@@ -727,6 +906,14 @@ def run_report(config: ReliabilityConfig, bundle: Bundle | None = None) -> tuple
     rows.append(("hostile input", f"{tally.cases} cases ({codes})",
                  f"{tally.imprecise} imprecise statuses; server healthy after: {after_fuzz}"))
     passed &= tally.imprecise == 0 and after_fuzz
+    for kind in FLOOD_KINDS if config.flood_requests else ():
+        flood = log_flood(bundle.root, kind, config.flood_requests, config.seed)
+        codes = ", ".join(f"{code} {n}" for code, n in sorted(flood.codes.items()))
+        rows.append((f"log flood: {kind}", f"{flood.requests} requests ({codes})",
+                     f"{flood.log_bytes} B of server log ({flood.bytes_per_1000:.0f} B per 1,000 requests, "
+                     f"{flood.log_lines} lines; most of one kind {flood.most_repeated}, limit {flood.allowed}) "
+                     f"{'PASS' if flood.bounded else 'FAIL'}"))
+        passed &= flood.bounded
     rows.append(("frames lost", "where promised (block streams; accounting of all streams)",
                  f"{load.lost}{' PASS' if passed else ' FAIL'}"))
     return _table(rows), passed
@@ -743,6 +930,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--soak", action="store_true", help="also run the long soak (RSS growth)")
     parser.add_argument("--soak-frames", type=int, default=DEFAULT_SOAK_FRAMES, help="frames the soak sends")
     parser.add_argument("--seed", type=int, default=0, help="seed of the hostile corpus")
+    parser.add_argument("--flood-requests", type=int, default=DEFAULT_FLOOD_REQUESTS,
+                        help="bad requests of each kind (unimplemented RPCs, malformed requests) sent to a pvae-serve "
+                             "whose log is measured; 0 skips the log-flood check")
     return parser
 
 

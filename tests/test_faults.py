@@ -20,6 +20,8 @@ from pvae.serving.reliability import (
     FaultOutcome,
     corrupt_bundle_at_start,
     fault_scenarios,
+    log_flood,
+    port_conflicts,
     reliability_config,
     serves_normally,
     sigterm_with_streams_in_flight,
@@ -75,3 +77,35 @@ def test_corrupt_bundle_at_start_is_a_clear_error_and_exit_2(tiny_bundle: Bundle
     outcome = corrupt_bundle_at_start(tiny_bundle.root)
     assert outcome.survived, outcome.detail
     assert "checksum mismatch for frame.onnx" in outcome.detail
+
+
+def test_a_second_server_on_either_busy_port_is_refused_in_one_line(tiny_bundle: Bundle) -> None:
+    """The reliability report's port-conflict checks (issue 17 items 1 and 2), against a running server."""
+    config = reliability_config(metrics_port=0)
+    with InProcessServer(config, engine=Engine(tiny_bundle, DevicePlan("cpu")), auth_tokens=()) as first:
+        assert first.running is not None and first.running.metrics_port is not None
+        outcomes = port_conflicts(tiny_bundle.root, first.port, first.running.metrics_port)
+        with grpc.insecure_channel(first.address) as channel:
+            assert serves_normally(channel)  # the first server is untouched
+    assert [o.name for o in outcomes] == ["second server on a busy gRPC port", "second server on a busy metrics port"]
+    for outcome in outcomes:
+        assert outcome.survived, outcome.detail
+        assert outcome.detail.startswith("exit 2: pvae-serve: error: ")
+
+
+def test_bad_requests_cannot_flood_the_server_log(tiny_bundle: Bundle) -> None:
+    """The reliability report's log-flood checks on a small count: a real pvae-serve hammered with
+    unimplemented RPCs and with the hostile corpus. Corrupt JPEG/PNG frames make libjpeg, libpng and
+    OpenCV write a line each to stderr; the rate limit lets 5 of a kind through per interval (an hour
+    here, so the count does not depend on the machine's speed). The control run, limit off, shows
+    the flood the limit stops."""
+    unimplemented = log_flood(tiny_bundle.root, "unimplemented RPCs", 120, log_interval_s=3600.0)
+    assert unimplemented.codes == {"UNIMPLEMENTED": 120}
+    assert unimplemented.log_bytes == 0, unimplemented.excerpt
+    unlimited = log_flood(tiny_bundle.root, "malformed requests", 300, log_burst=0)
+    assert unlimited.most_repeated > 10, unlimited.excerpt  # the corpus does make the native libraries talk
+    limited = log_flood(tiny_bundle.root, "malformed requests", 300, log_interval_s=3600.0)
+    assert limited.codes == unlimited.codes
+    assert limited.bounded and limited.most_repeated <= 5 == limited.allowed, limited.excerpt
+    assert limited.log_lines < unlimited.log_lines
+    assert "pvae-serve: native stderr: more than 5 messages like" in limited.log
