@@ -112,10 +112,11 @@ def kl_threshold_active(
 ) -> np.ndarray:
     """Figure 5 rule: boolean mask (K,) of active latents.
 
-    poisson 0.0082, gaussian and gaussian-relu 0.09, laplace 0.08 on the mean KL per latent (active if
-    above). categorical: a latent is dead if its decoder column norm is below 4.435 (so
-    ``column_norms`` is required; the KL is not used). The thresholds were tuned by the authors on
-    their van Hateren models with K = 512: on other data they are a convention, not a law.
+    poisson 0.0082, gaussian and gaussian-relu 0.09, laplace 0.08 on the mean KL per latent (active at
+    or above: the authors count kl < threshold as dead). categorical: a latent is dead if its decoder
+    column norm is below 4.435 (so ``column_norms`` is required; the KL is not used). The thresholds
+    were tuned by the authors on their van Hateren models with K = 512: on other data they are a
+    convention, not a law.
     """
     kl = np.asarray(kl_per_latent, dtype=np.float64)
     if family == "categorical":
@@ -127,7 +128,7 @@ def kl_threshold_active(
         return norms >= CATEGORICAL_DEAD_NORM
     if family not in FIGURE5_KL_THRESHOLD:
         raise ValueError(f"unknown family {family!r}; choose from {sorted(FIGURE5_KL_THRESHOLD)} or categorical")
-    return kl > FIGURE5_KL_THRESHOLD[family]
+    return kl >= FIGURE5_KL_THRESHOLD[family]  # the authors: dead = kl < threshold
 
 
 # ----------------------------------------------------------------------------- Table 2 gap rule
