@@ -99,6 +99,11 @@ class Verdict:
         return {**asdict(self), "status": self.status}
 
 
+def _number(value: Any) -> float:
+    """A JSON number as a float: None (how report.json stores NaN) becomes NaN."""
+    return float("nan") if value is None else float(value)
+
+
 def _lin_model(patches: Mapping[str, Any], family: str) -> Mapping[str, Any] | None:
     """The lin-encoder patch model of ``family`` at the reference beta (the P-VAE: the reference model)."""
     models = patches.get("models", {})
@@ -157,7 +162,7 @@ def verdict_gabor(results: Mapping[str, Any]) -> Verdict:
     if p is None or g is None or "gabor" not in p or "gabor" not in g:
         return Verdict(claim, PAPER_GABOR, "—", None, "the run fitted no Gabors to a P-VAE and a G-VAE")
     gp, gg = p["gabor"], g["gabor"]
-    fp, fg = float(gp["fraction_gabor_like"]), float(gg["fraction_gabor_like"])
+    fp, fg = _number(gp.get("fraction_gabor_like")), _number(gg.get("fraction_gabor_like"))
     if math.isnan(fp) or math.isnan(fg):
         return Verdict(claim, PAPER_GABOR, "no used filters to fit", None, "a model has no used latents")
     holds = fp >= GABOR_MAJORITY > fg
@@ -167,8 +172,8 @@ def verdict_gabor(results: Mapping[str, Any]) -> Verdict:
     if not holds:
         if fp < GABOR_MAJORITY:
             reasons.append(f"the P-VAE's filters are not Gabor-like (median R² {float(gp['median_r2']):.2f})")
-            sc = [float(m["gabor"]["fraction_gabor_like"]) for m in (patches.get("sparse_coding") or {}).values()
-                  if "gabor" in m and not math.isnan(float(m["gabor"]["fraction_gabor_like"]))]
+            sc = [_number(m["gabor"].get("fraction_gabor_like")) for m in (patches.get("sparse_coding") or {}).values()
+                  if "gabor" in m and not math.isnan(_number(m["gabor"].get("fraction_gabor_like")))]
             if sc and max(sc) >= GABOR_MAJORITY:
                 reasons.append(f"the data do support Gabor-like filters: sparse coding reaches {max(sc):.2f}")
         if fg >= GABOR_MAJORITY:
