@@ -156,7 +156,8 @@ def test_smoke_report_end_to_end(tmp_path: Path) -> None:
         (("poisson", "exact"), ("poisson", "mc"), ("gaussian", "mc"), ("categorical", "mc"))]
     assert patches["reference"] == "P-VAE exact lin|lin β=1" and patches["reference"] in patches["models"]
     assert set(patches["untrained"]) == {"P-VAE", "G-VAE", "C-VAE"}
-    assert {"usage", "table2", "kl_threshold"} <= set(patches["models"]["G-VAE lin|lin"]["active"]["fractions"])
+    fractions = patches["models"]["G-VAE lin|lin"]["active"]["fractions"]
+    assert {"usage_mean", "usage", "table2", "kl_threshold"} <= set(fractions)
     digits = results["classification"]["digits"]
     assert digits["runs"]["4"]["poisson"]["shattering"]["n_splits"] == 126
     assert digits["paired"]["4"]["gaussian"]["shattering"]["n"] == 126

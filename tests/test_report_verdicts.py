@@ -23,7 +23,7 @@ PAPER_SWEEP = ((0.01, 3.35, 0.325), (0.2, 28.7, 0.402), (0.4, 52.3, 0.502), (1.0
 
 def _model(family: str, usage: float, gabor_like: float = 0.0, encoder: str = "lin") -> dict[str, Any]:
     return {"family": family, "encoder": encoder,
-            "active": {"fractions": {"usage": usage, "table2": usage, "kl_threshold": usage}},
+            "active": {"fractions": {"usage_mean": usage, "usage": usage, "table2": usage, "kl_threshold": usage}},
             "gabor": {"fraction_gabor_like": gabor_like, "median_r2": gabor_like},
             "convergence": {"relative_change": -0.02}}
 
@@ -54,8 +54,8 @@ def _results(p_use: float = 0.98, g_use: float = 0.22, l_use: float = 0.19, untr
                        "G-VAE lin|lin": _model("gaussian", g_use, g_gabor),
                        "L-VAE lin|lin": _model("laplace", l_use),
                        "G-VAE conv|lin": _model("gaussian", 0.01, encoder="conv")},
-            "untrained": {"P-VAE": {"active": {"fractions": {"usage": untrained}}},
-                          "G-VAE": {"active": {"fractions": {"usage": 0.0}}}},
+            "untrained": {"P-VAE": {"active": {"fractions": {"usage_mean": untrained}}},
+                          "G-VAE": {"active": {"fractions": {"usage_mean": 0.0}}}},
             "beta_sweep": sweep,
             "beta_trend": {"mse_map": trend_test(sweep, "mse_map", 0, n_boot=200),
                            "lifetime_sparsity": trend_test(sweep, "lifetime_sparsity", 0, n_boot=200)},

@@ -102,8 +102,10 @@ def _patch_blocks(patches: Mapping[str, Any], figures: Mapping[str, str]) -> lis
 
     blocks.append(Block("h2", "2. Active latents"))
     blocks.append(Block("p", (
-        "Three criteria. **usage**: a latent is active when zeroing its posterior-mean code raises mse_map by more "
-        "than a small threshold (the G-VAE+ReLU decodes μ, as the paper does). **Table 2**: the paper's rule (KL < "
+        "Four criteria. **usage (mean)**, the one the verdict uses: a latent is active when replacing its "
+        "posterior-mean code by its mean over samples raises mse_map by more than a tenth of an equal share of the "
+        "data energy (0.1 E / K); **usage (zero)** sets the code to zero instead, which also credits a constant "
+        "offset (the G-VAE+ReLU decodes μ, as the paper does). **Table 2**: the paper's rule (KL < "
         "3e-4 is dead; lin encoders: a gap in the histogram of log decoder-column norms ordered by KL; conv "
         "encoders: the last empty bin below the median of the log-KL histogram). **Figure 5**: mean KL per latent "
         "above P 0.0082, G 0.09, L 0.08 (C-VAE: decoder column norm ≥ 4.435). The same criteria on an untrained "
@@ -115,13 +117,15 @@ def _patch_blocks(patches: Mapping[str, Any], figures: Mapping[str, str]) -> lis
     for name, m in models.items():
         fr = m["active"]["fractions"]
         p2 = t2.get(m["family"], {}).get("lin" if m["encoder"] == "lin" else "conv")
-        rows.append((name, _fmt(fr.get("usage"), 3), _fmt(fr.get("table2"), 3), _fmt(fr.get("kl_threshold"), 3),
+        rows.append((name, _fmt(fr.get("usage_mean"), 3), _fmt(fr.get("usage"), 3), _fmt(fr.get("table2"), 3),
+                     _fmt(fr.get("kl_threshold"), 3),
                      _fmt(p2, 3), _fmt(m["epochs"], 0)))
     for name, c in (patches.get("untrained") or {}).items():
         fr = c["active"]["fractions"]
-        rows.append((f"{name} untrained", _fmt(fr.get("usage"), 3), _fmt(fr.get("table2"), 3),
+        rows.append((f"{name} untrained", _fmt(fr.get("usage_mean"), 3), _fmt(fr.get("usage"), 3),
+                     _fmt(fr.get("table2"), 3),
                      _fmt(fr.get("kl_threshold"), 3), "—", "0"))
-    blocks.append(Block("table", items=("model", "usage", "Table 2 rule", "Figure 5 KL threshold",
+    blocks.append(Block("table", items=("model", "usage (mean)", "usage (zero)", "Table 2 rule", "Figure 5 KL",
                                         "paper Table 2", "epochs"), rows=tuple(rows)))
     if "active" in figures:
         blocks.append(Block("img", figures["active"], items=("active latents by criterion",)))
