@@ -9,6 +9,8 @@
       pvae_decoder/...              dynamic batching over latent rows
       pvae_frame/...                dynamic batching over frames (Triton batches same-size frames only)
       pvae_sampler/...              no batching: the seed is per request (rates (N, K), seed -> counts)
+      pvae_preprocess/...           frames (B, H, W) -> the patches pvae_rates takes (B, R*C, D): cut out of
+                                    frame.onnx (pvae.preprocess_graph), dynamic batching over frames
 
 Every model uses the ``onnxruntime`` backend. Start Triton with ``tritonserver --model-repository=DIR``
 for CPU instances, or add ``--model-config-name=gpu`` to make it read ``<model>/configs/gpu.pbtxt``
@@ -17,7 +19,9 @@ back to ``config.pbtxt``). The default is CPU because Triton refuses to load a `
 host without a GPU, so one config with groups of both kinds would not load everywhere; ``KIND_AUTO``
 would load everywhere but leave the placement implicit. The GPU group names no ``gpus``, so Triton
 places one instance on every GPU it sees (restrict with ``CUDA_VISIBLE_DEVICES``). No backend
-``parameters`` and no ``optimization`` block are written: the backend's defaults apply.
+``parameters`` and no ``optimization`` block are written: the backend's defaults apply. Each config
+carries descriptive ``parameters`` instead (``description``, ``input.NAME``, ``output.NAME``: what the
+model and each tensor expect or hold), as the server's ModelConfig does.
 
 How each config is made: the model's ``.onnx`` is read with ``onnx`` and its graph inputs and outputs
 (initializers excluded) give the names, data types (``elem_type`` -> ``TYPE_*``) and dims
@@ -57,9 +61,12 @@ from google.protobuf.message import DecodeError
 from pvae.bundle import Bundle, GraphSpec, TensorSpec, load_bundle
 from pvae.errors import BundleError
 from pvae.inference import model_config_pb2 as mc
+from pvae.preprocess_graph import preprocess_model
 
 __all__ = [
     "CONFIG_FILES",
+    "DERIVED_MODELS",
+    "DESCRIPTIONS",
     "GPU_CONFIG_NAME",
     "MARKER",
     "MAX_QUEUE_DELAY_US",
@@ -67,6 +74,7 @@ __all__ = [
     "GraphTensor",
     "check_against_spec",
     "check_triton_target",
+    "derived_model",
     "read_graph_io",
     "triton_config",
     "triton_configs",
@@ -81,6 +89,53 @@ TRITON_MODELS: dict[str, tuple[str, int]] = {
     "decoder": ("pvae_decoder", 4800),
     "frame": ("pvae_frame", 8),
     "sampler": ("pvae_sampler", 0),
+}
+#: Models made from a bundle graph rather than copied: Triton model name -> (source graph, max_batch_size).
+DERIVED_MODELS: dict[str, tuple[str, int]] = {
+    "pvae_preprocess": ("frame", 8),  # frames -> model-space patches (pvae.preprocess_graph)
+}
+_NOT_PIXELS = ("whitened model-space patches (z-scored, not pixels), each flattened row by row; a frame's patches "
+               "come from pvae_preprocess")
+#: What each model and tensor expects or holds (config ``parameters``; Triton's batch axis is the first).
+DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "pvae_rates": {
+        "description": "model-space patches -> Poisson firing rates and log-rates (the deterministic rate path)",
+        "input.patches": f"float32 [N, D]: {_NOT_PIXELS}",
+        "output.log_rates": "float32 [N, K]: natural log of the rates",
+        "output.rates": "float32 [N, K]: Poisson firing rates per patch and latent",
+    },
+    "pvae_decoder": {
+        "description": "latents (spike counts or rates) -> patches in model space (the mean reconstruction)",
+        "input.latents": "float32 [N, K]: spike counts or rates",
+        "output.patches": "float32 [N, D]: model-space patches; display as clip(round(128 + 32 x), 0, 255)",
+    },
+    "pvae_frame": {
+        "description": "uint8 gray frames -> per-patch rates and the mean reconstruction (preprocessing inside)",
+        "input.frames": "uint8 [B, H, W]: gray frames of one size (BT.601 luma of colour), each side at least the "
+                        "manifest's frame_policy.min_side",
+        "output.preprocessed": "float32 [B, H, W]: the model-space frame",
+        "output.log_rates": "float32 [B, R*C, K]: R = ceil(H / ph) rows, C = ceil(W / pw) columns of patches, "
+                            "row-major (patch r*C + c)",
+        "output.rates": "float32 [B, R*C, K]: Poisson firing rates, patches row-major",
+        "output.reconstruction": "float32 [B, H, W]: the mean reconstruction, model space",
+        "output.preprocessed_u8": "uint8 [B, H, W]: clip(round(128 + 32 x), 0, 255) of preprocessed",
+        "output.reconstruction_u8": "uint8 [B, H, W]: clip(round(128 + 32 x), 0, 255) of reconstruction",
+    },
+    "pvae_sampler": {
+        "description": "rates and a seed -> exact Poisson spike counts (counter-based, the same on every device)",
+        "input.rates": "float32 [N, K]: Poisson means, finite, in [0, 1e6]",
+        "input.seed": "int64 [1]: seed 0 .. 2^63 - 1; the same rates and seed give the same counts",
+        "output.counts": "int32 [N, K]: spike counts",
+    },
+    "pvae_preprocess": {
+        "description": "uint8 gray frames -> the whitened model-space patches pvae_rates takes (the frame graph's own "
+                       "preprocessing: /255, whitening, local contrast normalisation, z-score; reflect-padded at "
+                       "the bottom and right to whole patches)",
+        "input.frames": "uint8 [B, H, W]: gray frames of one size (BT.601 luma of colour), each side at least the "
+                        "manifest's frame_policy.min_side",
+        "output.patches": "float32 [B, R*C, D]: R = ceil(H / ph) rows, C = ceil(W / pw) columns of ph x pw "
+                          "patches, row-major (patch r*C + c), each flattened row by row: the input of pvae_rates",
+    },
 }
 #: How long the dynamic batcher may hold a request to fill a batch (microseconds).
 MAX_QUEUE_DELAY_US = 500
@@ -142,12 +197,12 @@ def _graph_tensor(path: Path, value: onnx.ValueInfoProto) -> GraphTensor:
     return GraphTensor(value.name, tensor.elem_type, tuple(shape))
 
 
-def read_graph_io(path: Path) -> tuple[tuple[GraphTensor, ...], tuple[GraphTensor, ...]]:
-    """The inputs (initializers excluded) and outputs of an ONNX file, as declared in its graph."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (OSError, DecodeError, ValueError) as exc:
-        raise BundleError(f"{path}: not a readable ONNX model: {exc}") from None
+def read_graph_io(path: Path, model: onnx.ModelProto | None = None) -> tuple[tuple[GraphTensor, ...],
+                                                                              tuple[GraphTensor, ...]]:
+    """The inputs (initializers excluded) and outputs of an ONNX file (or of ``model``, made from it),
+    as declared in its graph."""
+    if model is None:
+        model = _load(path)
     graph = model.graph
     initializers = {init.name for init in graph.initializer}
     inputs = tuple(_graph_tensor(path, v) for v in graph.input if v.name not in initializers)
@@ -155,6 +210,13 @@ def read_graph_io(path: Path) -> tuple[tuple[GraphTensor, ...], tuple[GraphTenso
     if not inputs or not outputs:
         raise BundleError(f"{path}: the ONNX graph declares no inputs or no outputs")
     return inputs, outputs
+
+
+def _load(path: Path) -> onnx.ModelProto:
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError, ValueError) as exc:
+        raise BundleError(f"{path}: not a readable ONNX model: {exc}") from None
 
 
 def _describe(tensors: tuple[GraphTensor, ...] | tuple[TensorSpec, ...]) -> str:
@@ -232,6 +294,8 @@ def triton_config(model_name: str, inputs: tuple[GraphTensor, ...], outputs: tup
         _set_tensor(config.output.add(), model_name, tensor, batched)
     if batched:
         config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    for key, text in DESCRIPTIONS.get(model_name, {}).items():
+        config.parameters[key].string_value = text
     return config
 
 
@@ -244,6 +308,23 @@ def triton_configs(bundle: Bundle, graph: str) -> dict[str, mc.ModelConfig]:
     check_against_spec(path, inputs, outputs, bundle.graphs[graph])
     return {rel: triton_config(model_name, inputs, outputs, max_batch, kind, count)
             for rel, (kind, count) in CONFIG_FILES.items()}
+
+
+def derived_model(bundle: Bundle, model_name: str) -> tuple[onnx.ModelProto, dict[str, mc.ModelConfig]]:
+    """A DERIVED_MODELS model: its ONNX model, made from its (manifest-checked) source graph, and its configs."""
+    graph, max_batch = DERIVED_MODELS[model_name]
+    path = bundle.graph_path(graph)
+    source = _load(path)
+    check_against_spec(path, *read_graph_io(path, source), bundle.graphs[graph])
+    policy = bundle.manifest.get("frame_policy") or {}
+    shape = policy.get("patch_shape") or (bundle.patch_size, bundle.patch_size)
+    try:
+        model = preprocess_model(source, (int(shape[0]), int(shape[-1])), bundle.graphs[graph].inputs[0].name)
+    except (ValueError, onnx.checker.ValidationError) as exc:
+        raise BundleError(f"{path}: cannot make {model_name} from it: {exc}") from None
+    inputs, outputs = read_graph_io(path, model)
+    return model, {rel: triton_config(model_name, inputs, outputs, max_batch, kind, count)
+                   for rel, (kind, count) in CONFIG_FILES.items()}
 
 
 def _config_text(path: Path, config: mc.ModelConfig) -> str:
@@ -277,6 +358,7 @@ def write_triton_repository(bundle_dir: Path, repo: Path) -> Path:
     check_triton_target(repo)
     bundle = load_bundle(bundle_dir)
     configs = {graph: triton_configs(bundle, graph) for graph in TRITON_MODELS}  # every check before any write
+    derived = {name: derived_model(bundle, name) for name in DERIVED_MODELS}
     try:
         repo.parent.mkdir(parents=True, exist_ok=True)
         staging = _fresh_dir(repo.parent, f".{repo.name}.partial-")
@@ -289,6 +371,13 @@ def write_triton_repository(bundle_dir: Path, repo: Path) -> Path:
             (model_dir / "1").mkdir(parents=True)
             shutil.copyfile(bundle.graph_path(graph), model_dir / "1" / "model.onnx")
             for rel, config in configs[graph].items():
+                (model_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                (model_dir / rel).write_text(_config_text(model_dir / rel, config))
+        for model_name, (model, model_configs) in derived.items():
+            model_dir = staging / model_name
+            (model_dir / "1").mkdir(parents=True)
+            (model_dir / "1" / "model.onnx").write_bytes(model.SerializeToString())
+            for rel, config in model_configs.items():
                 (model_dir / rel).parent.mkdir(parents=True, exist_ok=True)
                 (model_dir / rel).write_text(_config_text(model_dir / rel, config))
         check_triton_target(repo)  # still absent, empty or ours

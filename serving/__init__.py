@@ -12,10 +12,11 @@ Modules, in the order a frame meets them::
     messages   pvae.v1 messages <-> pipeline data
     servicer   grpc.aio servicer of pvae.v1: streams, windows, drops, status codes
     oip        the Open Inference Protocol (KServe v2) servicer on the same pipeline and port
-    wire       malformed protobuf -> INVALID_ARGUMENT; request sizes; pre-serialized responses
+    wire       malformed protobuf -> INVALID_ARGUMENT; request sizes; pre-serialized responses; stream writes
     security   TLS / mutual TLS, bearer tokens
     memory     glibc malloc settings for megabyte messages
     metrics    Prometheus metrics on an injected registry
+    logs       rate-limited logs: Python records and native stderr (no client can flood the log)
     server     pvae-serve: health, reflection, metrics HTTP, graceful drain
     inprocess  a server on a background thread (tests, notebooks, client tests)
     reliability  pvae-reliability: load, faults, fuzz corpus
@@ -33,7 +34,7 @@ from pvae.serving.engine import DevicePlan, Engine, resolve_device
 from pvae.serving.errors import InferenceError, OverloadedError, PayloadTooLargeError, ServingError, UnavailableError
 from pvae.serving.inprocess import InProcessServer
 from pvae.serving.options import CountFormat, FloatFormat, ImageEncoding, Output, OutputSpec
-from pvae.serving.pipeline import FrameJob, PackedResult, PatchJob, Pipeline, SampleJob
+from pvae.serving.pipeline import FrameJob, PackedResult, PatchJob, Pipeline, PreprocessJob, SampleJob
 from pvae.serving.server import RunningServer, start_server
 from pvae.serving.source import resolve_bundle
 
@@ -53,6 +54,7 @@ __all__ = [
     "PatchJob",
     "PayloadTooLargeError",
     "Pipeline",
+    "PreprocessJob",
     "RunningServer",
     "SampleJob",
     "ServeConfig",

@@ -32,6 +32,7 @@ __all__ = [
     "check_dimensions",
     "decode_encoded",
     "decode_raw",
+    "gray_from_colour",
     "read_image_header",
 ]
 
@@ -205,4 +206,9 @@ def decode_raw(height: int, width: int, channels: int, order: ChannelOrder, data
     pixels = np.frombuffer(data, dtype=np.uint8)
     if channels == 1:
         return pixels.reshape(height, width)
-    return cv2.cvtColor(pixels.reshape(height, width, channels), _GRAY_CODES[(channels, order)])
+    return gray_from_colour(pixels.reshape(height, width, channels), order)
+
+
+def gray_from_colour(pixels: np.ndarray, order: ChannelOrder) -> np.ndarray:
+    """uint8 colour (H, W, 3 or 4) -> uint8 gray (H, W) by BT.601 luma (OpenCV's cvtColor)."""
+    return cv2.cvtColor(pixels, _GRAY_CODES[(int(pixels.shape[2]), order)])

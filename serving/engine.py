@@ -3,6 +3,7 @@
 All model math lives in the bundle's graphs (``pvae.bundle``); the engine only feeds them:
 
     frame    frames uint8 (B, H, W)           -> rates, log_rates (B, R*C, K), reconstruction_u8, ...
+    preprocess frames uint8 (B, H, W)         -> patches float32 (B, R*C, D)  (cut out of the frame graph)
     sampler  rates float32 (N, K), seed int64 -> counts int32 (N, K)      (one call per frame, so a
                                                  frame's counts depend only on its rates and seed)
     rates    patches float32 (N, D)           -> log_rates, rates (N, K)
@@ -27,9 +28,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import onnx
 
 from pvae.bundle import Bundle, GraphSpec
 from pvae.errors import BundleError, DeviceError, MissingDependencyError
+from pvae.preprocess_graph import PREPROCESS_OUTPUT, preprocess_model
 from pvae.serving.errors import InferenceError
 
 __all__ = [
@@ -220,19 +223,31 @@ class Engine:
         policy = bundle.manifest.get("frame_policy") or {}
         self.min_frame_side = int(policy.get("min_side", 1))
 
-        self._sessions = {name: self._session(bundle, name) for name in ("frame", "sampler", "rates", "decoder")}
+        self._sessions = {name: self._session(bundle.graph_path(name)) for name in ("frame", "sampler", "rates",
+                                                                                      "decoder")}
+        # frames -> model-space patches: cut out of the frame graph (pvae.preprocess_graph), so it is
+        # the preprocessing every frame gets; the Open Inference Protocol serves it as pvae_preprocess.
+        patch_shape = tuple(policy.get("patch_shape") or (self.patch_size, self.patch_size))
+        self.patch_shape = (int(patch_shape[0]), int(patch_shape[-1]))
+        frame_path = bundle.graph_path("frame")
+        try:
+            preprocess = preprocess_model(onnx.load(str(frame_path)), self.patch_shape, self._frame_input)
+        except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+            raise BundleError(f"{frame_path}: cannot cut the preprocessing graph out of it: {exc}") from None
+        self._sessions["preprocess"] = self._session(frame_path, preprocess.SerializeToString())
 
     # ------------------------------------------------------------------ sessions
 
-    def _session(self, bundle: Bundle, name: str) -> Any:
-        path = bundle.graph_path(name)
+    def _session(self, path: Path, model: bytes | None = None) -> Any:
+        """A session for the graph at ``path`` (or for ``model``, a graph made from it)."""
         providers: list[Any]
         if self.plan.kind == "cuda":
             providers = [(CUDA_PROVIDER, {"device_id": self.plan.device_id}), CPU_PROVIDER]
         else:
             providers = [CPU_PROVIDER]
         try:
-            session = self._ort.InferenceSession(str(path), self._options, providers=providers)
+            session = self._ort.InferenceSession(str(path) if model is None else model, self._options,
+                                                 providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own pybind exception types
             if self.plan.kind == "cuda":
                 raise DeviceError(f"--gpu {self.plan.device_id}: could not create a CUDA session for "
@@ -312,6 +327,14 @@ class Engine:
         except Exception as exc:
             raise InferenceError(f"sampler graph failed: {exc}") from None
 
+    def run_preprocess(self, frames: np.ndarray) -> np.ndarray:
+        """uint8 frames (B, H, W) -> model-space patches float32 (B, R*C, D): the frame graph's preprocessing
+        and tiling, without the rate path (pvae.preprocess_graph)."""
+        try:
+            return self._sessions["preprocess"].run([PREPROCESS_OUTPUT], {self._frame_input: frames})[0]
+        except Exception as exc:
+            raise InferenceError(f"preprocessing graph failed on a {tuple(frames.shape)} batch: {exc}") from None
+
     # ------------------------------------------------------------------ patches
 
     def run_patches(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -342,5 +365,6 @@ class Engine:
             frames = np.zeros((1, max(height, self.min_frame_side), max(width, self.min_frame_side)), np.uint8)
             batch = self.run_frames(frames, FRAME_OUTPUTS)
             self.sample(batch, 0, seed=0)
+            self.run_preprocess(frames)
         _, rates = self.run_patches(np.zeros((2, self.patch_dim), dtype=np.float32))
         self.decode(rates)

@@ -1,14 +1,22 @@
 """The Open Inference Protocol (KServe v2) over gRPC: ``inference.GRPCInferenceService``.
 
 It runs on the same port as pvae.v1, so ``tritonclient.grpc``, ``perf_analyzer`` and KServe work
-with ``pvae-serve`` unchanged. The bundle's graphs are exposed as three models (K = n_latents,
+with ``pvae-serve`` unchanged. The bundle's graphs are exposed as four models (K = n_latents,
 D = patch_size**2 = 256 for the shipped models):
 
-    model        inputs                                     outputs
-    pvae_rates   patches FP32 [-1, D]                       rates FP16 [-1, K], log_rates FP16 [-1, K]
-    pvae_counts  rates FP32 [-1, K], seed INT64 [1]         counts INT32 [-1, K]
-    pvae_frame   frame UINT8 [-1, -1],                      rates FP16 [R*C, K], log_rates FP16 [R*C, K],
-                 seed INT64 [1] (optional)                  counts INT32 [R*C, K], reconstruction UINT8 [H, W]
+    model            inputs                                 outputs
+    pvae_rates       patches FP32 [-1, D] (model space)     rates FP16 [-1, K], log_rates FP16 [-1, K]
+    pvae_counts      rates FP32 [-1, K], seed INT64 [1]     counts INT32 [-1, K]
+    pvae_frame       frame UINT8 [-1, -1],                  rates FP16 [R*C, K], log_rates FP16 [R*C, K],
+                     seed INT64 [1] (optional)              counts INT32 [R*C, K], reconstruction UINT8 [H, W]
+    pvae_preprocess  frame UINT8 [-1, -1]                   patches FP32 [R*C, D] (what pvae_rates takes)
+
+A ``frame`` may also be colour, [H, W, 3] or [H, W, 4] (request parameter ``channel_order``
+"bgr", the default as in pvae.v1, or "rgb"); it is turned to gray with BT.601 luma, as pvae.v1 does.
+``pvae_preprocess`` runs the frame graph's own preprocessing (pvae.preprocess_graph), so
+``pvae_rates(pvae_preprocess(frame))`` is what ``pvae_frame`` and StreamEncode return for that frame.
+Each model's ModelConfig carries a ``description`` parameter, and one per tensor (``input.NAME``,
+``output.NAME``) saying what it expects or holds.
 
 The wire format (README "Open Inference Protocol"):
 - Inputs come as ``raw_input_contents`` (one entry per input, little-endian, C order) or as typed
@@ -20,7 +28,8 @@ The wire format (README "Open Inference Protocol"):
 - Counts are exact Poisson draws, INT32 (no saturation). The seed (0 .. 2^63 - 1) makes them
   reproducible: the same rates and seed give the same counts on every device. ``pvae_counts``
   requires it; ``pvae_frame`` draws a random one when it is absent. Either way the response
-  parameter ``seed`` reports it (``pvae_frame`` also reports ``grid_rows`` and ``grid_cols``).
+  parameter ``seed`` reports it (``pvae_frame`` and ``pvae_preprocess`` also report the patch grid,
+  ``grid_rows`` and ``grid_cols``).
 
 Requests share everything with pvae.v1: the batcher (``pvae_frame`` frames of one size from any
 caller share an inference call), the limits, the readiness and drain, and the metrics (label
@@ -54,11 +63,11 @@ from pvae.export.sampler import MAX_RATE
 from pvae.inference import grpc_service_pb2 as oip
 from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 from pvae.inference import model_config_pb2 as mc
-from pvae.serving.decode import check_dimensions
+from pvae.serving.decode import ChannelOrder, check_dimensions, gray_from_colour
 from pvae.serving.errors import PayloadTooLargeError, UnavailableError
 from pvae.serving.metrics import rpc_labels
 from pvae.serving.options import MAX_SEED, CountFormat, FloatFormat, ImageEncoding, Output, OutputSpec
-from pvae.serving.pipeline import FrameJob, Job, PackedResult, PatchJob, SampleJob
+from pvae.serving.pipeline import FrameJob, Job, PackedResult, PatchJob, PreprocessJob, SampleJob
 from pvae.serving.servicer import EncoderServicer, cancel_code, read_failure, status_for
 from pvae.serving.wire import request_bytes
 
@@ -78,9 +87,12 @@ __all__ = [
     "ModelSpec",
     "ModelStats",
     "TensorSpec",
+    "channel_order",
     "float_format",
+    "gray_frame",
     "model_config",
     "model_metadata",
+    "model_parameters",
     "model_specs",
     "read_inputs",
     "requested_outputs",
@@ -93,7 +105,7 @@ SERVICE_NAME = oip.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 #: The only version of each model (a server serves one bundle).
 MODEL_VERSION = "1"
 #: Exposed models, in listing order.
-MODEL_NAMES = ("pvae_rates", "pvae_counts", "pvae_frame")
+MODEL_NAMES = ("pvae_rates", "pvae_counts", "pvae_frame", "pvae_preprocess")
 UNARY = "ModelInfer"
 STREAM = "ModelStreamInfer"
 #: OIP datatype -> (numpy dtype, typed-contents field or None when only raw is accepted, config enum).
@@ -110,6 +122,10 @@ FLOAT_DATATYPE = {FloatFormat.FP16: "FP16", FloatFormat.FP32: "FP32"}
 PLATFORM = "onnxruntime_onnx"
 #: Request parameter that picks the precision of rates and log-rates.
 FLOAT_FORMAT_PARAMETER = "float_format"
+#: Request parameter that gives the channel order of a colour frame.
+CHANNEL_ORDER_PARAMETER = "channel_order"
+#: Channels a colour ``frame`` may have (its third dimension).
+FRAME_CHANNELS = (1, 3, 4)
 
 
 class ModelNotFoundError(InputError):
@@ -126,6 +142,10 @@ class TensorSpec:
     shape: tuple[int, ...]
     """-1 for a dimension the request chooses."""
     optional: bool = False
+    description: str = ""
+    """What the tensor holds or expects (ModelConfig parameter ``input.NAME`` / ``output.NAME``)."""
+    colour: bool = False
+    """A frame: [H, W] gray, or also [H, W, C] with C in FRAME_CHANNELS."""
 
 
 @dataclass(frozen=True)
@@ -141,21 +161,54 @@ class ModelSpec:
         return next((t for t in self.outputs if t.name == name), None)
 
 
-def model_specs(n_latents: int, patch_dim: int) -> dict[str, ModelSpec]:
-    """The three models for a bundle with ``n_latents`` latents and ``patch_dim``-pixel patches."""
+def model_specs(n_latents: int, patch_dim: int, patch_shape: tuple[int, int] | None = None,
+                min_side: int | None = None) -> dict[str, ModelSpec]:
+    """The four models for a bundle with ``n_latents`` latents and ``patch_dim``-pixel patches
+    (``patch_shape`` (ph, pw) and ``min_side`` only enter the descriptions)."""
     k = n_latents
-    rates = TensorSpec("rates", "FP16", (-1, k))
-    log_rates = TensorSpec("log_rates", "FP16", (-1, k))
-    counts = TensorSpec("counts", "INT32", (-1, k))
-    seed = TensorSpec("seed", "INT64", (1,))
+    ph, pw = patch_shape or (math.isqrt(patch_dim), patch_dim // max(math.isqrt(patch_dim), 1))
+    side = min_side or max(ph, pw)
+    grid = (f"R = ceil(H / {ph}) rows and C = ceil(W / {pw}) columns of {ph}x{pw} patches, row-major "
+            "(patch r*C + c); the response parameters grid_rows and grid_cols hold R and C")
+    floats = ('float16 by default; request parameter float_format "fp32" returns FP32, equal to the graph '
+              "bit for bit")
+    frame_help = (f"one uint8 frame: [H, W] grayscale, or [H, W, 3] / [H, W, 4] colour (to gray by BT.601 luma; "
+                  f'request parameter channel_order "bgr", the default, or "rgb"); each side at least {side} pixels')
+    frame = TensorSpec("frame", "UINT8", (-1, -1), description=frame_help, colour=True)
+    rates = TensorSpec("rates", "FP16", (-1, k), description=f"Poisson firing rates per patch and latent, {floats}")
+    log_rates = TensorSpec("log_rates", "FP16", (-1, k), description=f"natural log of the rates, {floats}")
+    counts = TensorSpec("counts", "INT32", (-1, k),
+                        description="exact Poisson spike counts, drawn with the seed the response parameter seed "
+                                    "reports")
+    patches_help = (f"whitened model-space patches, float32 [N, {patch_dim}] ({ph}x{pw}, flattened row by row): "
+                    "not pixels. A frame's patches come from the model pvae_preprocess; raw pixels give "
+                    "meaningless rates")
     specs = (
-        ModelSpec("pvae_rates", (TensorSpec("patches", "FP32", (-1, patch_dim)),), (rates, log_rates),
-                  "model-space patches -> Poisson firing rates and log-rates (the deterministic rate path)"),
-        ModelSpec("pvae_counts", (TensorSpec("rates", "FP32", (-1, k)), seed), (counts,),
+        ModelSpec("pvae_rates", (TensorSpec("patches", "FP32", (-1, patch_dim), description=patches_help),),
+                  (rates, log_rates),
+                  "model-space patches -> Poisson firing rates and log-rates (the deterministic rate path); "
+                  "get a frame's patches from pvae_preprocess"),
+        ModelSpec("pvae_counts",
+                  (TensorSpec("rates", "FP32", (-1, k), description=f"Poisson means [N, {k}], finite, in "
+                              f"[0, {MAX_RATE:g}] (pvae_rates' rates as FP32)"),
+                   TensorSpec("seed", "INT64", (1,), description=f"sampler seed 0 .. {MAX_SEED} (required): the "
+                              "same rates and seed give the same counts on every device")),
+                  (counts,),
                   "rates and a seed -> exact Poisson spike counts (the bundle's counter-based sampler)"),
-        ModelSpec("pvae_frame", (TensorSpec("frame", "UINT8", (-1, -1)), TensorSpec("seed", "INT64", (1,), True)),
-                  (rates, log_rates, counts, TensorSpec("reconstruction", "UINT8", (-1, -1))),
-                  "one grayscale uint8 frame -> patch-wise rates, spike counts and the mean reconstruction"),
+        ModelSpec("pvae_frame",
+                  (frame, TensorSpec("seed", "INT64", (1,), True, description="sampler seed 0 .. "
+                                     f"{MAX_SEED} (optional: a random one is drawn and reported)")),
+                  (TensorSpec(rates.name, rates.datatype, rates.shape, description=f"{rates.description}; {grid}"),
+                   log_rates, counts,
+                   TensorSpec("reconstruction", "UINT8", (-1, -1), description="the mean reconstruction [H, W], "
+                              "model space shown as clip(round(128 + 32 x), 0, 255)")),
+                  "one uint8 frame -> patch-wise rates, spike counts and the mean reconstruction"),
+        ModelSpec("pvae_preprocess", (frame,),
+                  (TensorSpec("patches", "FP32", (-1, patch_dim), description=f"the frame's whitened model-space "
+                              f"patches, float32 [R*C, {patch_dim}]: {grid}; the input pvae_rates expects"),),
+                  "one uint8 frame -> its whitened model-space patches for pvae_rates (the frame graph's own "
+                  "preprocessing: /255, whitening, local contrast normalisation, z-score; reflect-padded at the "
+                  "bottom and right to whole patches)"),
     )
     return {spec.name: spec for spec in specs}
 
@@ -182,8 +235,16 @@ def model_config(model: ModelSpec, group: mc.ModelInstanceGroup, platform: str =
                 for t in model.outputs],
         instance_group=[group],
         model_transaction_policy=mc.ModelTransactionPolicy(decoupled=False),
-        parameters={"description": mc.ModelParameter(
-            string_value=model.description if description is None else description)})
+        parameters=model_parameters(model, description))
+
+
+def model_parameters(model: ModelSpec, description: str | None = None) -> dict[str, mc.ModelParameter]:
+    """ModelConfig parameters that describe a model: ``description``, and ``input.NAME`` / ``output.NAME``
+    for each tensor that has a description."""
+    texts = {"description": model.description if description is None else description}
+    texts.update({f"input.{t.name}": t.description for t in model.inputs if t.description})
+    texts.update({f"output.{t.name}": t.description for t in model.outputs if t.description})
+    return {key: mc.ModelParameter(string_value=text) for key, text in texts.items()}
 
 
 # ----------------------------------------------------------------------------- requests
@@ -225,10 +286,17 @@ def requested_outputs(request: oip.ModelInferRequest, model: ModelSpec) -> list[
 def _shape(tensor: Any, spec: TensorSpec) -> tuple[int, ...]:
     shape = tuple(int(d) for d in tensor.shape)
     expected = "[" + ", ".join(str(d) for d in spec.shape) + "]"
-    if len(shape) != len(spec.shape):
+    declared = spec.shape
+    if spec.colour and len(shape) == len(spec.shape) + 1:  # a colour frame [H, W, C]
+        if shape[-1] not in FRAME_CHANNELS:
+            raise _tensor_error("input", spec.name, f"shape {list(shape)}: a colour frame [H, W, C] has C = 3 or 4 "
+                                "channels (or 1); send gray frames as [H, W]")
+        declared = (*spec.shape, shape[-1])
+    elif len(shape) != len(spec.shape):
+        also = " (or [H, W, C] for colour)" if spec.colour else ""
         raise _tensor_error("input", spec.name, f"shape {list(shape)} has {len(shape)} dimensions; the model "
-                            f"expects {len(spec.shape)}: {expected}")
-    for got, want in zip(shape, spec.shape, strict=True):
+                            f"expects {len(spec.shape)}: {expected}{also}")
+    for got, want in zip(shape, declared, strict=True):
         if got < 0:
             raise _tensor_error("input", spec.name, f"shape {list(shape)} has a negative dimension")
         if want >= 0 and got != want:
@@ -290,6 +358,27 @@ def read_inputs(request: oip.ModelInferRequest, model: ModelSpec, max_bytes: int
         if spec.name not in arrays and not spec.optional:
             raise _tensor_error("input", spec.name, f"missing: model {model.name} requires it")
     return arrays
+
+
+def channel_order(parameters: Any) -> ChannelOrder:
+    """The request parameter ``channel_order`` (BGR when absent, as in pvae.v1); InputError on another value."""
+    if CHANNEL_ORDER_PARAMETER not in parameters:
+        return ChannelOrder.BGR
+    value = parameters[CHANNEL_ORDER_PARAMETER].string_param.lower()
+    try:
+        return ChannelOrder(value)
+    except ValueError:
+        raise InputError(f"parameter '{CHANNEL_ORDER_PARAMETER}': must be the string \"bgr\" or \"rgb\", "
+                         f"got {value!r}") from None
+
+
+def gray_frame(frame: np.ndarray, order: ChannelOrder) -> np.ndarray:
+    """A ``frame`` input as uint8 gray (H, W): colour [H, W, C] by BT.601 luma, as pvae.v1 raw frames."""
+    if frame.ndim == 2:
+        return frame
+    if frame.shape[2] == 1:
+        return np.ascontiguousarray(frame[:, :, 0])
+    return gray_from_colour(np.ascontiguousarray(frame), order)
 
 
 def _rows(array: np.ndarray, name: str, max_rows: int) -> None:
@@ -405,12 +494,13 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         self.config = encoder.config
         self.metrics = encoder.metrics
         engine = encoder.pipeline.engine
-        self.models = model_specs(engine.n_latents, engine.patch_dim)
+        self.models = model_specs(engine.n_latents, engine.patch_dim, engine.patch_shape, engine.min_frame_side)
         self._plan = engine.plan
         self._stats = {name: ModelStats() for name in self.models}
         self._streams: set[_OipStream] = set()
-        self._builders: dict[str, Callable[[dict[str, np.ndarray], OutputSpec], Job]] = {
-            "pvae_rates": self._rates_job, "pvae_counts": self._counts_job, "pvae_frame": self._frame_job}
+        self._builders: dict[str, Callable[[dict[str, np.ndarray], OutputSpec, ChannelOrder], Job]] = {
+            "pvae_rates": self._rates_job, "pvae_counts": self._counts_job, "pvae_frame": self._frame_job,
+            "pvae_preprocess": self._preprocess_job}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -508,14 +598,14 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
 
     # ------------------------------------------------------------------ inference
 
-    def _rates_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec) -> Job:
+    def _rates_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec, order: ChannelOrder) -> Job:
         patches = inputs["patches"]
         _rows(patches, "patches", self.config.max_patches)
         if not np.isfinite(patches).all():
             raise _tensor_error("input", "patches", "contains NaN or infinite values")
         return PatchJob(patches, spec, seed=0)
 
-    def _counts_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec) -> Job:
+    def _counts_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec, order: ChannelOrder) -> Job:
         rates = inputs["rates"]
         _rows(rates, "rates", self.config.max_patches)
         if not (np.isfinite(rates).all() and (rates >= 0).all() and (rates <= MAX_RATE).all()):
@@ -524,11 +614,18 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
         assert seed is not None  # a required input (read_inputs)
         return SampleJob(rates, spec, seed)
 
-    def _frame_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec) -> Job:
+    def _frame(self, inputs: dict[str, np.ndarray], order: ChannelOrder) -> np.ndarray:
         frame = inputs["frame"]
         check_dimensions(int(frame.shape[0]), int(frame.shape[1]), self.encoder.limits, "input 'frame'")
+        return gray_frame(frame, order)
+
+    def _frame_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec, order: ChannelOrder) -> Job:
+        frame = self._frame(inputs, order)
         seed = _seed(inputs)
         return FrameJob(frame, spec, secrets.randbelow(MAX_SEED + 1) if seed is None else seed)
+
+    def _preprocess_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec, order: ChannelOrder) -> Job:
+        return PreprocessJob(self._frame(inputs, order), spec)
 
     @staticmethod
     def _spec(outputs: list[TensorSpec], fmt: FloatFormat) -> OutputSpec:
@@ -544,6 +641,9 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             datatype = FLOAT_DATATYPE[result.float_format]
         elif spec.name == "counts":
             data, datatype = result.counts_i32, "INT32"
+        elif spec.name == "patches":
+            assert result.patches is not None
+            return "FP32", [result.n_patches, len(result.patches) // (4 * max(result.n_patches, 1))], result.patches
         else:  # reconstruction
             image = result.reconstruction
             assert image is not None
@@ -569,7 +669,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
             self.encoder.check_available()
             outputs = requested_outputs(request, model)
             spec = self._spec(outputs, float_format(request.parameters))
-            job = self._builders[model.name](read_inputs(request, model, self.config.max_frame_bytes), spec)
+            inputs = read_inputs(request, model, self.config.max_frame_bytes)
+            job = self._builders[model.name](inputs, spec, channel_order(request.parameters))
             job.times.decode = time.perf_counter() - received
             self.metrics.observe_stage("decode", job.times.decode)
             result = await self.batcher.submit(job, wait=wait)

@@ -40,6 +40,7 @@ __all__ = [
     "PackedResult",
     "PatchJob",
     "Pipeline",
+    "PreprocessJob",
     "SampleJob",
     "StageTimes",
 ]
@@ -111,7 +112,25 @@ class SampleJob:
         return self
 
 
-Job = FrameJob | PatchJob | SampleJob
+@dataclass(eq=False)
+class PreprocessJob:
+    """One decoded frame to turn into model-space patches (the Open Inference Protocol's ``pvae_preprocess``)."""
+
+    frame: np.ndarray
+    """uint8 gray (H, W)."""
+    spec: OutputSpec
+    seed: int = 0
+    """Unused (no sampling); present so every job has one."""
+    times: StageTimes = field(default_factory=StageTimes)
+    started: bool = False
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """Preprocessing jobs of one frame size share an inference call (the preprocessing graph's batch)."""
+        return ("preprocess", int(self.frame.shape[0]), int(self.frame.shape[1]))
+
+
+Job = FrameJob | PatchJob | SampleJob | PreprocessJob
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,8 @@ class PackedResult:
     stats: FrameStatistics | None = None
     counts_i32: bytes | None = None
     """Dense int32 (n_patches, K) counts, little-endian (CountFormat.DENSE_I32)."""
+    patches: bytes | None = None
+    """Model-space patches float32 (n_patches, D), little-endian (a preprocessing job)."""
     total_spikes: int | None = None
     """Sum of the counts, when counts were drawn."""
     times: StageTimes = field(default_factory=StageTimes)
@@ -159,6 +180,8 @@ class InferredBatch:
     """Frame-graph outputs (frame jobs)."""
     patch_outputs: dict[str, np.ndarray] = field(default_factory=dict)
     """Rates-graph outputs (a patch job)."""
+    patches: np.ndarray | None = None
+    """Preprocessing-graph output (B, R*C, D) (preprocessing jobs)."""
 
 
 def _frame_outputs(spec: OutputSpec) -> set[str]:
@@ -200,6 +223,12 @@ class Pipeline:
             if len(jobs) != 1:
                 raise ValueError("a sample job is a call of its own")
             result = InferredBatch(jobs)
+        elif isinstance(first, PreprocessJob):
+            pre_jobs = [job for job in jobs if isinstance(job, PreprocessJob)]
+            if len(pre_jobs) != len(jobs) or len({job.key for job in pre_jobs}) != 1:
+                raise ValueError("a preprocessing batch must hold frames of one size only")
+            frames = np.stack([job.frame for job in pre_jobs])  # (B, H, W) uint8
+            result = InferredBatch(jobs, patches=self.engine.run_preprocess(frames))
         elif isinstance(first, PatchJob):
             if len(jobs) != 1:
                 raise ValueError("a patch job is an inference call of its own")
@@ -229,6 +258,9 @@ class Pipeline:
             return self._finish_sample(job)
         if isinstance(job, PatchJob):
             return self._finish_patches(job, inferred.patch_outputs)
+        if isinstance(job, PreprocessJob):
+            assert inferred.patches is not None  # preprocessing jobs always carry patches
+            return self._finish_preprocess(job, inferred.patches[index])
         assert inferred.frames is not None  # frame jobs always carry frame outputs
         return self._finish_frame(job, inferred.frames, index)
 
@@ -288,6 +320,19 @@ class Pipeline:
             patches = self.engine.decode(rates)
             job.times.inference += time.perf_counter() - decode_start
             result.reconstruction_patches = np.ascontiguousarray(patches, dtype="<f4").tobytes()
+        job.times.packing = time.perf_counter() - start
+        return result
+
+    def _finish_preprocess(self, job: PreprocessJob, patches: np.ndarray) -> PackedResult:
+        start = time.perf_counter()
+        height, width = int(job.frame.shape[0]), int(job.frame.shape[1])
+        rows, cols = -(-height // self.engine.patch_shape[0]), -(-width // self.engine.patch_shape[1])
+        if patches.shape[0] != rows * cols:
+            raise InferenceError(f"preprocessing graph returned {patches.shape[0]} patches for a {height}x{width} "
+                                 f"frame; expected {rows * cols}")
+        result = PackedResult(n_patches=rows * cols, n_latents=self.n_latents, float_format=job.spec.float_format,
+                              height=height, width=width, grid_rows=rows, grid_cols=cols, times=job.times,
+                              patches=np.ascontiguousarray(patches, dtype="<f4").tobytes())
         job.times.packing = time.perf_counter() - start
         return result
 

@@ -609,3 +609,89 @@ def test_write_responses_turns_a_failed_write_into_a_cancelled_call() -> None:
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(write_responses(handler(), Context()))  # type: ignore[arg-type]
     assert events == ["write b'first'", "closed"]
+
+
+# ----------------------------------------------------------------------------- pvae_preprocess (issue 17 item 10)
+
+
+def _stream_rates(address: str, frame: np.ndarray) -> np.ndarray:
+    """The fp32 rates StreamEncode returns for one gray frame (pvae.v1, raw pixels)."""
+    from pvae.serving.options import FloatFormat
+    from pvae.serving.pack import unpack_floats
+    from pvae.v1 import pvae_pb2 as pb
+    from pvae.v1 import pvae_pb2_grpc as pb_grpc
+
+    raw = pb.RawFrame(height=frame.shape[0], width=frame.shape[1], channels=1, data=frame.tobytes())
+    request = pb.StreamEncodeRequest(sequence=0, frame=pb.Frame(raw=raw), options=pb.EncodeOptions(
+        outputs=[pb.OUTPUT_RATES], float_format=pb.FLOAT_FORMAT_FP32))
+    with grpc.insecure_channel(address) as channel:
+        (response,) = list(pb_grpc.EncoderStub(channel).StreamEncode(iter([request]), timeout=TIMEOUT_S))
+    result = response.result
+    return unpack_floats(result.rates, FloatFormat.FP32, (result.n_patches, result.n_latents))
+
+
+def test_preprocess_then_rates_equals_what_stream_encode_returns(client: triton.InferenceServerClient,
+                                                                 server: InProcessServer, tiny_bundle: Bundle) -> None:
+    """pvae_rates takes whitened model-space patches, which a Triton client could not make. pvae_preprocess
+    makes them from a frame with the frame graph's own preprocessing, so tritonclient alone, chaining
+    the two, gets the rates StreamEncode returns for the same frame: equal to 1e-6 relative (float32
+    round-off of one rate path against another; measured equal bit for bit)."""
+    frame = _frame(52, 77, seed=5)  # sides not multiples of 16: the reflect padding is exercised too
+    pre = client.infer("pvae_preprocess", [_input("frame", frame, "UINT8")])
+    patches = pre.as_numpy("patches")
+    parameters = pre.get_response().parameters
+    rows, cols = parameters["grid_rows"].int64_param, parameters["grid_cols"].int64_param
+    assert (rows, cols) == (4, 5) and patches.dtype == np.float32
+    assert patches.shape == (rows * cols, tiny_bundle.patch_size ** 2)
+    rates = client.infer("pvae_rates", [_input("patches", patches, "FP32")],
+                         parameters={"float_format": "fp32"}).as_numpy("rates")
+    streamed = _stream_rates(server.address, frame)
+    assert rates.shape == streamed.shape == (rows * cols, tiny_bundle.n_latents)
+    np.testing.assert_allclose(rates, streamed, rtol=1e-6, atol=0)
+    # and the patches are the frame graph's model-space frame, reflect-padded and tiled row-major
+    pre_frame = Graphs(tiny_bundle).sessions["frame"].run(["preprocessed"], {"frames": frame[None]})[0][0]
+    p = tiny_bundle.patch_size
+    padded = np.pad(pre_frame, ((0, rows * p - frame.shape[0]), (0, cols * p - frame.shape[1])), mode="reflect")
+    tiles = padded.reshape(rows, p, cols, p).transpose(0, 2, 1, 3).reshape(rows * cols, p * p)
+    np.testing.assert_array_equal(patches, tiles)
+
+
+def test_a_colour_frame_is_turned_to_gray_as_pvae_v1_does(client: triton.InferenceServerClient) -> None:
+    import cv2
+
+    rgb = np.random.default_rng(7).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    want = client.infer("pvae_preprocess", [_input("frame", gray, "UINT8")]).as_numpy("patches")
+    got = client.infer("pvae_preprocess", [_input("frame", rgb, "UINT8")], parameters={"channel_order": "rgb"})
+    np.testing.assert_array_equal(got.as_numpy("patches"), want)
+    bgr = client.infer("pvae_preprocess", [_input("frame", rgb[:, :, ::-1].copy(), "UINT8")])  # BGR: the default
+    np.testing.assert_array_equal(bgr.as_numpy("patches"), want)
+    frame = client.infer("pvae_frame", [_input("frame", rgb, "UINT8"), _input("seed", np.array([3]), "INT64")],
+                         parameters={"channel_order": "rgb"})
+    gray_frame = client.infer("pvae_frame", [_input("frame", gray, "UINT8"), _input("seed", np.array([3]), "INT64")])
+    np.testing.assert_array_equal(frame.as_numpy("counts"), gray_frame.as_numpy("counts"))
+    for inputs, parameters, message in (
+            ([_input("frame", rgb[:, :, :2].copy(), "UINT8")], {}, "C = 3 or 4"),
+            ([_input("frame", rgb, "UINT8")], {"channel_order": "rbg"}, "channel_order"),
+            ([_input("frame", gray[:8], "UINT8")], {}, "at least")):
+        with pytest.raises(InferenceServerException, match=message) as failed:
+            client.infer("pvae_preprocess", inputs, parameters=parameters)
+        assert failed.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_each_model_says_what_its_inputs_expect(client: triton.InferenceServerClient, tiny_bundle: Bundle) -> None:
+    """ModelConfig parameters describe every model and tensor; pvae_rates points to pvae_preprocess."""
+    for name in MODEL_NAMES:
+        config = client.get_model_config(name).config
+        texts = {key: value.string_value for key, value in config.parameters.items()}
+        assert texts["description"]
+        assert {f"input.{t.name}" for t in config.input} <= set(texts), name
+        assert {f"output.{t.name}" for t in config.output} <= set(texts), name
+    rates = client.get_model_config("pvae_rates").config.parameters
+    assert "pvae_preprocess" in rates["input.patches"].string_value
+    assert "whitened" in rates["input.patches"].string_value
+    pre = client.get_model_config("pvae_preprocess").config
+    assert [(i.name, i.data_type, list(i.dims)) for i in pre.input] == [("frame", mc.TYPE_UINT8, [-1, -1])]
+    assert [(o.name, o.data_type, list(o.dims)) for o in pre.output] == [
+        ("patches", mc.TYPE_FP32, [-1, tiny_bundle.patch_size ** 2])]
+    assert "grid_rows" in pre.parameters["output.patches"].string_value

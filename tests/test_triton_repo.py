@@ -25,6 +25,7 @@ from google.protobuf import text_format
 from pvae.bundle import Bundle, sha256_file
 from pvae.errors import BundleError
 from pvae.export.triton import (
+    DERIVED_MODELS,
     MARKER,
     MAX_QUEUE_DELAY_US,
     TRITON_MODELS,
@@ -42,6 +43,9 @@ EXPECTED_MODELS = {
     "pvae_frame": ("frame", 8),
     "pvae_sampler": ("sampler", 0),
 }
+#: Models made from a bundle graph (issue 17 item 10): model -> (source graph, max_batch_size).
+EXPECTED_DERIVED = {"pvae_preprocess": ("frame", 8)}
+ALL_MODELS = {**EXPECTED_MODELS, **EXPECTED_DERIVED}
 #: ONNX elem_type -> Triton data type name (Triton's model-configuration datatype table).
 ONNX_TO_TRITON: dict[int, str] = {
     onnx.TensorProto.FLOAT: "TYPE_FP32",
@@ -98,9 +102,10 @@ def reseal(bundle: Path, name: str) -> None:
 
 def test_layout(repo: Path) -> None:
     files = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file())
-    expected = [MARKER] + [f"{m}/{rel}" for m in EXPECTED_MODELS for rel in ("1/model.onnx", *VARIANTS)]
+    expected = [MARKER] + [f"{m}/{rel}" for m in ALL_MODELS for rel in ("1/model.onnx", *VARIANTS)]
     assert files == sorted(expected)
     assert {name: (graph, batch) for graph, (name, batch) in TRITON_MODELS.items()} == EXPECTED_MODELS
+    assert DERIVED_MODELS == EXPECTED_DERIVED
     assert leftovers(repo.parent) == []
 
 
@@ -113,13 +118,13 @@ def test_graph_bytes_are_the_bundle_graph(repo: Path, tiny_bundle: Bundle, model
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("model", EXPECTED_MODELS)
+@pytest.mark.parametrize("model", ALL_MODELS)
 def test_config_matches_graph(repo: Path, model: str, variant: str) -> None:
     text = (repo / model / variant).read_text()
     config = text_format.Parse(text, model_config_pb2.ModelConfig())
     assert text == text_format.MessageToString(config)  # written by protobuf's printer, nothing hand-made
     assert config.name == model and config.backend == "onnxruntime" and not config.platform
-    max_batch = EXPECTED_MODELS[model][1]
+    max_batch = ALL_MODELS[model][1]
     assert config.max_batch_size == max_batch
     batched = max_batch > 0
 
@@ -143,15 +148,50 @@ def test_config_matches_graph(repo: Path, model: str, variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
-@pytest.mark.parametrize("model", EXPECTED_MODELS)
+@pytest.mark.parametrize("model", ALL_MODELS)
 def test_batching(repo: Path, model: str, variant: str) -> None:
     config = parse(repo / model / variant)
-    if EXPECTED_MODELS[model][1] > 0:
+    if ALL_MODELS[model][1] > 0:
         assert config.HasField("dynamic_batching")
         assert config.dynamic_batching.max_queue_delay_microseconds == MAX_QUEUE_DELAY_US > 0
         assert not config.HasField("sequence_batching")
     else:
         assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+
+
+def test_preprocess_model_gives_the_patches_the_rate_path_takes(repo: Path, tiny_bundle: Bundle) -> None:
+    """pvae_preprocess (cut out of frame.onnx) turns frames into the model-space patches of the frame
+    graph: its preprocessed frame, reflect-padded and tiled row-major; pvae_rates on them gives the
+    frame graph's rates (equal: the same rate path on the same numbers)."""
+    import onnxruntime as ort
+
+    def session(path: Path) -> Any:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    pre = session(repo / "pvae_preprocess" / "1" / "model.onnx")
+    frame = session(tiny_bundle.graph_path("frame"))
+    rates = session(repo / "pvae_rates" / "1" / "model.onnx")
+    p = tiny_bundle.patch_size
+    frames = np.random.default_rng(3).integers(0, 256, (2, 37, 50), dtype=np.uint8)
+    (patches,) = pre.run(None, {"frames": frames})
+    graph = dict(zip([o.name for o in frame.get_outputs()], frame.run(None, {"frames": frames}), strict=True))
+    rows, cols = -(-37 // p), -(-50 // p)
+    assert patches.shape == (2, rows * cols, p * p) and patches.dtype == np.float32
+    padded = np.pad(graph["preprocessed"], ((0, 0), (0, rows * p - 37), (0, cols * p - 50)), mode="reflect")
+    np.testing.assert_array_equal(patches, padded.reshape(2, rows, p, cols, p).transpose(0, 1, 3, 2, 4)
+                                  .reshape(2, rows * cols, p * p))
+    for b in range(2):
+        np.testing.assert_allclose(rates.run(["rates"], {"patches": patches[b]})[0], graph["rates"][b], rtol=1e-6)
+
+
+@pytest.mark.parametrize("model", ALL_MODELS)
+def test_configs_say_what_each_tensor_expects(repo: Path, model: str) -> None:
+    config = parse(repo / model / "config.pbtxt")
+    texts = {key: value.string_value for key, value in config.parameters.items()}
+    assert texts.get("description")
+    assert {f"input.{t.name}" for t in config.input} | {f"output.{t.name}" for t in config.output} <= set(texts)
+    if model == "pvae_rates":
+        assert "pvae_preprocess" in texts["input.patches"] and "not pixels" in texts["input.patches"]
 
 
 def test_sampler_is_per_request(repo: Path) -> None:
@@ -162,7 +202,7 @@ def test_sampler_is_per_request(repo: Path) -> None:
     assert "reshape {\n  }" in (repo / "pvae_sampler" / "config.pbtxt").read_text()
 
 
-@pytest.mark.parametrize("model", EXPECTED_MODELS)
+@pytest.mark.parametrize("model", ALL_MODELS)
 def test_instance_groups(repo: Path, model: str) -> None:
     configs = {variant: parse(repo / model / variant) for variant in VARIANTS}
     for variant, kind in VARIANTS.items():
