@@ -165,3 +165,18 @@ def test_smoke_report_end_to_end(tmp_path: Path) -> None:
     assert results["config"] == smoke_config().to_dict() | {"device": "cpu"}
     page = render_html(build_document(results, compute_verdicts(results), figures))
     assert page.count("<img") == sum(1 for k in figures if "/" not in k or k.startswith("knn/"))
+    # --render recomputes the document from report.json and bases.npz alone: the same verdicts and figures.
+    (out / "report.md").unlink()
+    assert main(["--render", str(out)]) == 0
+    rendered = json.loads((out / "report.json").read_text())
+    assert rendered["verdicts"] == results["verdicts"] and rendered["meta"]["figures"] == figures
+    assert "rendered" in rendered["meta"] and (out / "report.md").is_file()
+
+
+def test_render_refuses_a_folder_without_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--render", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "report.json does not exist" in err and "Traceback" not in err
+    (tmp_path / "report.json").write_text("{not json")
+    assert main(["--render", str(tmp_path)]) == 2
+    assert "cannot read" in capsys.readouterr().err

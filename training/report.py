@@ -77,11 +77,13 @@ __all__ = [
     "main",
     "match_at_sparsity",
     "ppca_active_fraction",
+    "render_report",
     "run_classification_study",
     "run_patch_study",
     "run_report",
     "slug",
     "train_vae",
+    "write_report",
 ]
 
 #: torch intra-op and BLAS threads. On a shared 2-core machine, two threads that spin-wait for each other
@@ -92,6 +94,8 @@ DEFAULT_THREADS = 1
 #: (pvae-model.md, "Relaxed Poisson sampling" and "Baselines").
 END_TEMPERATURE = {"categorical": 0.1}
 DEFAULT_END_TEMPERATURE = 0.05
+#: The basis tiles of every model shown, by slug (``--render`` reads them back).
+BASES = "bases.npz"
 #: Validation samples used when evaluating a classification model's reconstruction metrics.
 MAX_IMAGE_VAL_SAMPLES = 10_000
 
@@ -607,29 +611,73 @@ def run_report(cfg: ReportConfig, out_dir: Path, fmt: str = "md", progress: bool
     if cfg.classification is not None:
         results["classification"] = run_classification_study(cfg.classification, cfg, ctx)
     ctx.begin("verdicts, figures and report")
-    verdicts = compute_verdicts(results)
-    results["verdicts"] = [v.to_dict() for v in verdicts]
-    figures = _figures(results, tiles, out_dir)
     if tiles:
         arrays: dict[str, Any] = {slug(k): v for k, v in tiles.items()}
-        np.savez_compressed(out_dir / "bases.npz", **arrays)
+        np.savez_compressed(out_dir / BASES, **arrays)
     results["meta"] = {
         "command": command, "mode": cfg.mode, "device": str(device), "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__, "pvae_version": __version__,
-        "load_start": load_start, "load_end": os.getloadavg()[0],
+        "commit": git_commit(), "load_start": load_start, "load_end": os.getloadavg()[0],
         "wall_seconds": time.perf_counter() - ctx.started,
-        "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "figures": figures,
+        "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
+    return write_report(results, tiles, out_dir, fmt, ctx.log)
+
+
+def write_report(results: dict[str, Any], tiles: Mapping[str, np.ndarray], out_dir: Path, fmt: str,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """Verdicts, figures, ``report.json`` and the document from measured results (the last stage of a run,
+    and all of ``--render``)."""
     results = _clean(results)
+    verdicts = compute_verdicts(results)
+    results["verdicts"] = [v.to_dict() for v in verdicts]
+    figures = _figures(results, tiles, out_dir)
+    results["meta"]["figures"] = figures
     (out_dir / "report.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    document = render(build_document(results, verdicts, figures), fmt)
     report_path = out_dir / f"report.{fmt}"
-    report_path.write_text(document)
-    ctx.log(f"wrote {report_path}, {out_dir / 'report.json'} and {len(figures)} figures in "
-            f"{results['meta']['wall_seconds'] / 60:.1f} min")
+    report_path.write_text(render(build_document(results, verdicts, figures), fmt))
+    log(f"wrote {report_path}, {out_dir / 'report.json'} and {len(figures)} figures; the run took "
+        f"{results['meta']['wall_seconds'] / 60:.1f} min")
     for v in verdicts:
-        ctx.log(f"  {v.status:>13}  {v.claim}: {v.ours}")
+        log(f"  {v.status:>13}  {v.claim}: {v.ours}")
     return results
+
+
+def render_report(out_dir: Path, fmt: str = "md", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Recompute the verdicts, figures and document of a finished run from its ``report.json`` and
+    ``bases.npz`` with this version's code, without training anything (``pvae-report --render DIR``)."""
+    path = out_dir / "report.json"
+    try:
+        results = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--render: {path} does not exist (run pvae-report first)") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--render: cannot read {path}: {exc}") from None
+    if not isinstance(results, dict) or "meta" not in results:
+        raise ConfigError(f"--render: {path} is not a pvae-report result (no 'meta')")
+    tiles: dict[str, np.ndarray] = {}
+    if (out_dir / BASES).exists():
+        with np.load(out_dir / BASES) as arrays:
+            patches = results.get("patches") or {}
+            for name in [*patches.get("models", {}), *patches.get("sparse_coding", {})]:
+                if slug(name) in arrays:
+                    tiles[name] = arrays[slug(name)]
+    results["meta"]["rendered"] = {"pvae_version": __version__, "commit": git_commit(),
+                                   "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
+    return write_report(results, tiles, out_dir, fmt,
+                        log or (lambda line: print(line, file=sys.stderr, flush=True)))
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from, if it is a git checkout (else None)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -649,6 +697,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="the paper's budgets: a GPU job (the default)")
     budget.add_argument("--smoke", action="store_const", dest="preset", const="smoke",
                         help=argparse.SUPPRESS)  # toy sizes, for tests
+    budget.add_argument("--render", type=Path, metavar="DIR",
+                        help="recompute the verdicts, figures and document of a finished run in DIR from its "
+                        "report.json (no training)")
     p.add_argument("--out", type=Path, help="output folder (default: runs/report-<preset>)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: cpu for --quick/--cpu, "
                    "auto for --full)")
@@ -667,6 +718,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.render is not None:
+        render_report(args.render, fmt=args.format)
+        return 0
     name = args.preset or "full"
     preset = PRESETS[name]
     cfg = preset(seed=args.seed) if args.device is None else preset(device=args.device, seed=args.seed)
