@@ -26,7 +26,7 @@ lint: setup
 	$(BIN)/ruff check .
 
 typecheck: setup
-	$(BIN)/mypy pvae training export serving clients
+	$(BIN)/mypy pvae training export serving clients bench
 
 pytest: setup
 	$(BIN)/python -m pytest -q

@@ -9,7 +9,7 @@ The stages, in data-flow order::
     verify.py       torch vs ONNX Runtime vs TorchScript parity; sampler statistics
     exporter.py     export_bundle(): the steps, the manifest, the atomic rename
     triton.py       optional Triton model repository
-    cli.py          pvae-export;  bench.py: pvae-bench-export
+    cli.py          pvae-export (its benchmark, pvae-bench-export, is pvae.bench.export)
 
     >>> from pvae.export import export_bundle
     >>> export_bundle("runs/quick/best.pt", "runs/quick/best.bundle", progress=print)

@@ -19,10 +19,8 @@ Modules, in the order a frame meets them::
     logs       rate-limited logs: Python records and native stderr (no client can flood the log)
     server     pvae-serve: health, reflection, metrics HTTP, graceful drain
     inprocess  a server on a background thread (tests, notebooks, client tests)
-    reliability  pvae-reliability: load, faults, fuzz corpus
-    bench      pvae-bench-serve: loopback streaming vs the in-process engine
-    bench_oip  pvae-bench-oip: perf_analyzer against the OIP endpoint vs in-process ONNX Runtime
-    oip_floor  the transport-floor OIP server that pvae-bench-oip measures (no compute)
+
+Benchmarks and the reliability harness that drive this service live in ``pvae.bench``.
 
     >>> from pvae.serving import InProcessServer, ServeConfig
     >>> with InProcessServer(ServeConfig(port=0, metrics_port=None), bundle=bundle) as server:

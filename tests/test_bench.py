@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pvae.bundle import Bundle
-from pvae.clients.bench import (
+from pvae.bench.load import (
     BenchConfig,
     _Tickets,
     format_report,
@@ -25,6 +24,7 @@ from pvae.clients.bench import (
     write_csv,
     write_plots,
 )
+from pvae.bundle import Bundle
 from pvae.errors import ConfigError
 from pvae.serving.config import ServeConfig
 from pvae.serving.inprocess import InProcessServer

@@ -1,6 +1,6 @@
 """pvae-bench-oip: perf_analyzer CSV parsing, the input JSON, the report's met/MISSED logic and its
 transport-floor row, the installer's skip-and-check path, the transport-floor server
-(pvae.serving.oip_floor) under tritonclient.grpc, and (gated) one real run of perf_analyzer against
+(pvae.bench.oip_floor) under tritonclient.grpc, and (gated) one real run of perf_analyzer against
 pvae-serve and the floor."""
 
 from __future__ import annotations
@@ -22,10 +22,8 @@ import pytest
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from pvae.errors import ConfigError
-from pvae.inference import model_config_pb2 as mc
-from pvae.serving import bench_oip
-from pvae.serving.bench_oip import (
+from pvae.bench import oip as bench_oip
+from pvae.bench.oip import (
     DEFAULT_PREFIX,
     FLOOR_RUN,
     RUNS,
@@ -44,6 +42,8 @@ from pvae.serving.bench_oip import (
     warning_lines,
     write_input_json,
 )
+from pvae.errors import ConfigError
+from pvae.inference import model_config_pb2 as mc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,7 +182,7 @@ def test_natural_patches_are_tiled_like_the_frame_graph() -> None:
     """The rates graph on our tiles equals the frame graph's rates of the same frame."""
     import cv2
 
-    from pvae.serving.bench import synthetic_frames
+    from pvae.bench.serve import synthetic_frames
     from pvae.serving.source import resolve_bundle
 
     bundle = resolve_bundle(None)
@@ -297,7 +297,7 @@ def test_report_with_a_transport_floor_row() -> None:
         "     12.40 ms  OIP streaming c=1",
         "-     3.80 ms  transport floor (gRPC Python + perf_analyzer for these message sizes, zero compute)",
         "=     8.60 ms  server compute + overhead, vs in-process ONNX Runtime p50 5.50 ms (+3.10 ms)",
-        "(transport floor: python -m pvae.serving.oip_floor, pvae_rates' interface with canned zero outputs; "
+        "(transport floor: python -m pvae.bench.oip_floor, pvae_rates' interface with canned zero outputs; "
         "response 2457627 bytes, pvae-serve's 2457627)"]
     assert f"  {FLOOR_RUN.name}: WARNING: floor" in lines
     # The targets stay those of the OIP streaming row: the floor's 197 req/s meets none of them.
@@ -328,7 +328,7 @@ def test_floor_flag_and_file_names() -> None:
     assert FLOOR_RUN.slug == "floor_stream_c1" and FLOOR_RUN.slug not in {spec.slug for spec in RUNS}
     config = OipBenchConfig(model="some.bundle")
     assert bench_oip.floor_command(config, 8011)[1:] == [
-        "-m", "pvae.serving.oip_floor", "--host", "127.0.0.1", "--port", "8011", "--model", "some.bundle"]
+        "-m", "pvae.bench.oip_floor", "--host", "127.0.0.1", "--port", "8011", "--model", "some.bundle"]
     assert "--model" not in bench_oip.floor_command(OipBenchConfig(), 8011)
 
 
@@ -337,12 +337,12 @@ def test_floor_flag_and_file_names() -> None:
 
 @pytest.fixture(scope="module")
 def floor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``python -m pvae.serving.oip_floor`` for the bundled model (K=512), as pvae-bench-oip runs it; on
+    """``python -m pvae.bench.oip_floor`` for the bundled model (K=512), as pvae-bench-oip runs it; on
     teardown, SIGTERM must stop it cleanly, and it must have printed nothing."""
     log = tmp_path_factory.mktemp("floor") / "floor.log"
     port = bench_oip._free_port()
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "pvae.serving.oip_floor", "--port", str(port)],
+        process = subprocess.Popen([sys.executable, "-m", "pvae.bench.oip_floor", "--port", str(port)],
                                    stdout=out, stderr=subprocess.STDOUT)
     address = f"127.0.0.1:{port}"
     try:
@@ -548,7 +548,7 @@ def test_end_to_end_perf_analyzer_against_pvae_serve(tmp_path: Path, capsys: pyt
     sizes = figures["response_bytes"]
     assert sizes["pvae_serve"] > 2 * 1200 * 512 * 2 and abs(sizes["floor"] - sizes["pvae_serve"]) < 100
     assert figures["latency_decomposition"]["floor_p50_ms"] == floor["p50_ms"]
-    assert figures["floor_server_command"][1:3] == ["-m", "pvae.serving.oip_floor"]
+    assert figures["floor_server_command"][1:3] == ["-m", "pvae.bench.oip_floor"]
     assert figures["perf_analyzer"]["commands"][FLOOR_RUN.name][-1] == "--streaming"
     for spec in (*RUNS, FLOOR_RUN):
         log = (tmp_path / "work" / f"perf_{spec.slug}.log").read_text()

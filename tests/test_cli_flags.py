@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
+from pvae.bench.train import main as bench_train_main
 from pvae.clients.cli import main as client_main
 from pvae.export.cli import main as export_main
 from pvae.serving.server import main as serve_main
-from pvae.training.bench import main as bench_train_main
 from pvae.training.evaluate import main as eval_main
 from pvae.training.report import main as report_main
 from pvae.training.train import main as train_main

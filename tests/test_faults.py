@@ -1,4 +1,4 @@
-"""Faults the service must survive and recover from without a restart (pvae.serving.reliability).
+"""Faults the service must survive and recover from without a restart (pvae.bench.reliability).
 
 In-process: clients that disconnect, stall, cancel or run out of time; an inference error on one
 batch; a malformed message mid-stream. Subprocess ``pvae-serve``: SIGTERM with streams in flight
@@ -13,10 +13,7 @@ from collections.abc import Callable, Iterator
 import grpc
 import pytest
 
-from pvae.bundle import Bundle
-from pvae.serving.engine import DevicePlan, Engine
-from pvae.serving.inprocess import InProcessServer
-from pvae.serving.reliability import (
+from pvae.bench.reliability import (
     FaultOutcome,
     corrupt_bundle_at_start,
     fault_scenarios,
@@ -26,6 +23,9 @@ from pvae.serving.reliability import (
     serves_normally,
     sigterm_with_streams_in_flight,
 )
+from pvae.bundle import Bundle
+from pvae.serving.engine import DevicePlan, Engine
+from pvae.serving.inprocess import InProcessServer
 
 #: Drain grace of the SIGTERM scenario, seconds (short: the test waits for it at most).
 SIGTERM_GRACE_S = 3.0
@@ -59,7 +59,7 @@ def test_the_server_outlives_every_fault_without_a_restart(server: InProcessServ
 
 def test_inference_fault_fails_only_its_batch(server: InProcessServer, channel: grpc.Channel) -> None:
     """The scenario's own check must bite: no injected failure means no pass."""
-    from pvae.serving.reliability import fault_inference_error
+    from pvae.bench.reliability import fault_inference_error
 
     outcome = fault_inference_error(server, channel)
     assert outcome.survived and "failed in-band" in outcome.detail

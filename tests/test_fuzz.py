@@ -279,8 +279,8 @@ def test_hostile_oip_requests_get_a_precise_status(channel: grpc.Channel, payloa
 
 def test_the_seeded_fuzz_corpus_gets_only_precise_statuses(server: InProcessServer, channel: grpc.Channel) -> None:
     """The corpus of pvae-reliability (pvae.v1 and Open Inference Protocol cases) against a live server."""
-    from pvae.serving.reliability import OIP_INFER as CORPUS_OIP_INFER
-    from pvae.serving.reliability import hostile_payloads, run_fuzz
+    from pvae.bench.reliability import OIP_INFER as CORPUS_OIP_INFER
+    from pvae.bench.reliability import hostile_payloads, run_fuzz
 
     cases = 180
     methods = [method for method, _ in hostile_payloads(random.Random(3), cases)]

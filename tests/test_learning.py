@@ -197,7 +197,7 @@ def test_eval_scores_held_out_photos_against_the_all_zeros_predictor(tiny_checkp
 
 @pytest.mark.slow  # two benchmark subprocesses and a 160-step real run: ~30 s of CPU
 def test_bench_train_reports_a_real_run_next_to_the_micro_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
-    from pvae.training.bench import main as bench_main
+    from pvae.bench.train import main as bench_main
 
     argv = ["--device", "cpu", "--steps", "1", "--batch", "100", "--k", "32", "--temperatures", "1.0",
             "--weights", "init", "--real-epochs", "2", "--real-losses", "exact", "--json"]

@@ -24,8 +24,8 @@ from typing import Any
 import grpc
 import pytest
 
+from pvae.bench.load import BenchConfig, run_bench
 from pvae.bundle import Bundle
-from pvae.clients.bench import BenchConfig, run_bench
 from pvae.serving.config import ServeConfig
 from pvae.serving.inprocess import InProcessServer
 from pvae.v1 import pvae_pb2 as pb

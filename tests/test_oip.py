@@ -556,7 +556,7 @@ def test_an_abrupt_disconnect_mid_stream_is_a_cancelled_stream_not_a_logged_erro
     response made grpc.aio log ``ExecuteBatchError`` at ERROR with a traceback (about one
     disconnect in three with the bundled model's megabyte responses). It is a cancelled stream,
     as on StreamEncode: nothing at ERROR, no traceback, the stream counted CANCELLED, the server idle."""
-    from pvae.serving.reliability import server_is_idle, serves_normally
+    from pvae.bench.reliability import server_is_idle, serves_normally
     from pvae.serving.source import resolve_bundle
 
     trials = 24

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from pvae.bench.reliability import DEFAULT_SOAK_FRAMES, LoadResult, reliability_config, run_load
 from pvae.bundle import Bundle
 from pvae.serving.engine import DevicePlan, Engine
 from pvae.serving.inprocess import InProcessServer
-from pvae.serving.reliability import DEFAULT_SOAK_FRAMES, LoadResult, reliability_config, run_load
 
 #: Streams of the bounded load test (the issue asks for at least 32).
 LOAD_STREAMS = 32

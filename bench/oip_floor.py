@@ -19,8 +19,8 @@ Streams are answered in order, errors in-band, like ``pvae-serve``. ModelStatist
 requests and durations honestly (compute infer is zero: there is none). The request parameter
 ``float_format: "fp32"`` returns FP32 zeros, as ``pvae-serve`` returns FP32 rates.
 
-    python -m pvae.serving.oip_floor --port 8011                  # K of the bundled default model
-    python -m pvae.serving.oip_floor --port 8011 --model runs/quick/best.bundle
+    python -m pvae.bench.oip_floor --port 8011                  # K of the bundled default model
+    python -m pvae.bench.oip_floor --port 8011 --model runs/quick/best.bundle
 
 It prints nothing while it runs (errors go to stderr); SIGTERM or SIGINT stops it.
 """
@@ -294,7 +294,7 @@ async def _serve(model: ModelSpec, host: str, port: int) -> None:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pvae.serving.oip_floor",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="python -m pvae.bench.oip_floor",
                                      description="The OIP transport floor: pvae_rates' interface, canned zero "
                                      "outputs, no inference (a measuring instrument for pvae-bench-oip).")
     parser.add_argument("--port", type=int, required=True, help="gRPC port")
@@ -314,7 +314,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m pvae.serving.oip_floor``."""
+    """Entry point of ``python -m pvae.bench.oip_floor``."""
     return run_cli(PROG, _main, argv)
 
 

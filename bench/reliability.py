@@ -20,7 +20,7 @@ SIGTERM and corrupt-bundle scenarios start ``pvae-serve`` subprocesses), then pr
 
     pvae-reliability                       # quick: about a minute on two cores
     pvae-reliability --soak --soak-frames 100000
-    python -m pvae.serving.reliability --model runs/quick/best.bundle
+    python -m pvae.bench.reliability --model runs/quick/best.bundle
 """
 
 from __future__ import annotations

@@ -129,7 +129,7 @@ def _measure(variant: str, device_spec: str, temperature: float, steps: int, bat
 
 
 def _run_child(args: argparse.Namespace, variant: str, temperature: float, weights: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "pvae.training.bench", "--child", variant, "--device", args.device,
+    cmd = [sys.executable, "-m", "pvae.bench.train", "--child", variant, "--device", args.device,
            "--temperature", str(temperature), "--steps", str(args.steps), "--batch", str(args.batch),
            "--k", str(args.k), "--weights", weights, "--real-epochs", str(args.real_epochs)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

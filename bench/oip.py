@@ -21,7 +21,7 @@ What one run does:
    and 4, and ``--streaming`` at concurrency 1, each with ``-f CSV``. Any line about an error, a
    failure or an unimplemented / unsupported RPC fails the run and is reported.
 6. **transport floor** (skipped with ``--no-floor``): once pvae-serve is stopped,
-   ``python -m pvae.serving.oip_floor`` (pvae.serving.oip_floor: ``pvae_rates``' interface, canned zero
+   ``python -m pvae.bench.oip_floor`` (pvae.bench.oip_floor: ``pvae_rates``' interface, canned zero
    outputs, no inference) on another free port, checked to answer the same request with a response
    of the same size as pvae-serve's, and perf_analyzer ``--streaming`` at concurrency 1 against it with
    the same input and flags. That row is what gRPC Python plus perf_analyzer cost for these message
@@ -119,8 +119,8 @@ BASELINE_WINDOWS = 3
 BASELINE_WARMUP_CALLS = 10
 #: Seconds to wait for pvae-serve to be ready (imports, sessions, warm-up).
 SERVER_START_TIMEOUT_S = 120.0
-#: The transport-floor server (pvae.serving.oip_floor), run as ``python -m`` this module.
-FLOOR_MODULE = "pvae.serving.oip_floor"
+#: The transport-floor server (pvae.bench.oip_floor), run as ``python -m`` this module.
+FLOOR_MODULE = "pvae.bench.oip_floor"
 #: Largest relative difference tolerated between the floor's response size and pvae-serve's (same request).
 MAX_RESPONSE_SIZE_DIFFERENCE = 0.01
 #: Targets of the issue (streaming at concurrency 1, 1200x256 inputs, 2-core CPU, client on the same cores).
@@ -161,7 +161,7 @@ class RunSpec:
     concurrency: int
     streaming: bool
     floor: bool = False
-    """Against the transport-floor server (pvae.serving.oip_floor) instead of pvae-serve."""
+    """Against the transport-floor server (pvae.bench.oip_floor) instead of pvae-serve."""
 
     @property
     def slug(self) -> str:
@@ -199,7 +199,7 @@ class OipBenchConfig:
     server_args: tuple[str, ...] = ()
     """More pvae-serve flags."""
     floor: bool = True
-    """Also measure the transport floor (pvae.serving.oip_floor); ``--no-floor`` turns it off."""
+    """Also measure the transport floor (pvae.bench.oip_floor); ``--no-floor`` turns it off."""
     plot: Path | None = None
     """Also write a PNG of the run here (``--plot``)."""
 
@@ -396,13 +396,13 @@ def _session(bundle: Bundle, graph: str) -> Any:
 def natural_patches(bundle: Bundle, count: int) -> np.ndarray:
     """``count`` whitened natural-image patches float32 (count, P*P), as the server makes them from frames.
 
-    VGA frames of a camera panning over photographs (``pvae.serving.bench.synthetic_frames``: scikit-
+    VGA frames of a camera panning over photographs (``pvae.bench.serve.synthetic_frames``: scikit-
     image's when installed, else 1/f noise), converted to gray, run through the bundle's frame graph
     (``preprocessed``: the model-space frame) and tiled into patches row-major, like the frame graph.
     """
     import cv2
 
-    from pvae.serving.bench import VGA, synthetic_frames
+    from pvae.bench.serve import VGA, synthetic_frames
 
     side = bundle.patch_size
     height, width = VGA[0] - VGA[0] % side, VGA[1] - VGA[1] % side
@@ -614,7 +614,7 @@ def serve(config: OipBenchConfig, progress: Progress | None = None) -> Iterator[
 
 
 def floor_command(config: OipBenchConfig, port: int) -> list[str]:
-    """The command line of the transport-floor server (pvae.serving.oip_floor) for ``config``'s model."""
+    """The command line of the transport-floor server (pvae.bench.oip_floor) for ``config``'s model."""
     command = [sys.executable, "-m", FLOOR_MODULE, "--host", "127.0.0.1", "--port", str(port)]
     return [*command, "--model", config.model] if config.model is not None else command
 

@@ -10,7 +10,7 @@ Per level it reports throughput (frames/s, patches/s, MB/s on the wire), latency
 p50/p90/p95/p99; from handing a frame to gRPC to receiving its result), the server-side per-stage
 split (the delta of ``pvae_stage_duration_seconds`` ``_sum``/``_count`` over the level, read from
 ``--metrics-url``) and the ratio to the in-process engine, measured in the same run on the same
-frames (``pvae.serving.bench.InProcessRunner``). ``--csv``, ``--json`` and ``--plot DIR`` write the
+frames (``pvae.bench.serve.InProcessRunner``). ``--csv``, ``--json`` and ``--plot DIR`` write the
 figures.
 
     pvae-bench --model runs/quick/best.bundle --concurrency 1,2,4 --duration 10 --plot bench/
@@ -39,13 +39,12 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from pvae.cli import run_cli
+from pvae.clients.frames import frame_to_proto
+from pvae.clients.options import OUTPUTS, EncodeOptions, OutputName
+from pvae.clients.synthetic import SyntheticCamera
 from pvae.errors import ConfigError, MissingDependencyError
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
-
-from .frames import frame_to_proto
-from .options import OUTPUTS, EncodeOptions, OutputName
-from .synthetic import SyntheticCamera
 
 __all__ = [
     "BenchConfig",
@@ -359,8 +358,8 @@ def _target(config: BenchConfig) -> Iterator[tuple[str, str | None]]:
     if config.server is not None:
         yield config.server, config.metrics_url
         return
-    from pvae.serving.bench import BenchConfig as ServeBenchConfig
-    from pvae.serving.bench import server_processes
+    from pvae.bench.serve import BenchConfig as ServeBenchConfig
+    from pvae.bench.serve import server_processes
     from pvae.serving.source import resolve_bundle
 
     bundle = resolve_bundle(config.model)
@@ -374,8 +373,8 @@ def _target(config: BenchConfig) -> Iterator[tuple[str, str | None]]:
 
 def _baseline(config: BenchConfig, frames: Sequence[pb.Frame]) -> dict[str, Any]:
     """The in-process engine (decode -> graphs -> sampler -> packing), one frame at a time, same frames."""
-    from pvae.serving.bench import BenchConfig as ServeBenchConfig
-    from pvae.serving.bench import InProcessRunner, RunFigures
+    from pvae.bench.serve import BenchConfig as ServeBenchConfig
+    from pvae.bench.serve import InProcessRunner, RunFigures
     from pvae.serving.messages import parse_options
     from pvae.serving.source import resolve_bundle
 
