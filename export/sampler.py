@@ -89,6 +89,8 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from pvae.bundle import SAMPLER_MAX_RATE
+
 __all__ = [
     "COUNTS_OUTPUT",
     "DEFAULT_INVERSION_BLOCK",
@@ -132,7 +134,7 @@ DEFAULT_INVERSION_BLOCK: Final = 4
 
 SWITCH_RATE: Final = 10.0
 """Rates >= this use PTRS. Hörmann (1993) proves PTRS for mu >= 10; numpy switches at 10 too."""
-MAX_RATE: Final = 1.0e6
+MAX_RATE: Final = SAMPLER_MAX_RATE
 """Rates are clamped here (float32 1e6 is exact). The model's soft clamp is e**5.3 ~ 200."""
 MAX_INVERSION_COUNT: Final = 64
 """Cap of the inversion search. With 32-bit uniforms u <= 1 - 2**-33, and for lambda < 10 the search

@@ -37,6 +37,9 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 #: Graph names every bundle carries.
 REQUIRED_GRAPHS = ("rates", "decoder", "sampler", "frame")
+#: Largest rate the sampler graph draws from (larger rates are clamped to it; float32 holds 1e6
+#: exactly). Part of the bundle contract: serving checks rates against it without the exporter.
+SAMPLER_MAX_RATE = 1.0e6
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

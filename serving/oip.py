@@ -58,8 +58,8 @@ import grpc
 import numpy as np
 
 from pvae import __version__
+from pvae.bundle import SAMPLER_MAX_RATE
 from pvae.errors import InputError
-from pvae.export.sampler import MAX_RATE
 from pvae.inference import grpc_service_pb2 as oip
 from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 from pvae.inference import model_config_pb2 as mc
@@ -190,7 +190,7 @@ def model_specs(n_latents: int, patch_dim: int, patch_shape: tuple[int, int] | N
                   "get a frame's patches from pvae_preprocess"),
         ModelSpec("pvae_counts",
                   (TensorSpec("rates", "FP32", (-1, k), description=f"Poisson means [N, {k}], finite, in "
-                              f"[0, {MAX_RATE:g}] (pvae_rates' rates as FP32)"),
+                              f"[0, {SAMPLER_MAX_RATE:g}] (pvae_rates' rates as FP32)"),
                    TensorSpec("seed", "INT64", (1,), description=f"sampler seed 0 .. {MAX_SEED} (required): the "
                               "same rates and seed give the same counts on every device")),
                   (counts,),
@@ -608,8 +608,8 @@ class InferenceServicer(oip_grpc.GRPCInferenceServiceServicer):
     def _counts_job(self, inputs: dict[str, np.ndarray], spec: OutputSpec, order: ChannelOrder) -> Job:
         rates = inputs["rates"]
         _rows(rates, "rates", self.config.max_patches)
-        if not (np.isfinite(rates).all() and (rates >= 0).all() and (rates <= MAX_RATE).all()):
-            raise _tensor_error("input", "rates", f"must be finite and in [0, {MAX_RATE:g}] (Poisson means)")
+        if not (np.isfinite(rates).all() and (rates >= 0).all() and (rates <= SAMPLER_MAX_RATE).all()):
+            raise _tensor_error("input", "rates", f"must be finite and in [0, {SAMPLER_MAX_RATE:g}] (Poisson means)")
         seed = _seed(inputs)
         assert seed is not None  # a required input (read_inputs)
         return SampleJob(rates, spec, seed)

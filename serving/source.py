@@ -2,7 +2,8 @@
 
 - A bundle directory (``pvae-export`` output) is loaded as is, torch-free.
 - A checkpoint file is exported on the fly into ``<cache>/bundles/<sha256 prefix>/`` and reused
-  on later starts; exporting needs torch (``pvae[train]``), imported only then.
+  on later starts. The export runs the ``pvae-export`` command in a child process (it needs torch,
+  ``pvae[train]``): serving itself reads bundles only and never imports the exporter or torch.
 - No ``--model``: a prebuilt bundle shipped in the package (``pvae/models/default_bundle/``), else
   the shipped checkpoint ``pvae/models/default.pt`` exported as above.
 
@@ -12,7 +13,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 
 from pvae.bundle import MANIFEST, Bundle, load_bundle, sha256_file
@@ -23,6 +27,10 @@ __all__ = ["default_cache_dir", "resolve_bundle"]
 
 #: Hex digits of the checkpoint's sha256 that name its cached bundle (64 bits: collisions are moot).
 CACHE_KEY_CHARS = 16
+#: The exporter's command (``pvae-export``), run with this interpreter: the console script may not be on PATH.
+EXPORT_MODULE = "pvae.export.cli"
+#: Modules ``pvae-export`` cannot run without (the ``train`` extra).
+EXPORT_NEEDS = ("torch", "onnxscript")
 
 
 def _export_checkpoint(checkpoint: Path, cache_dir: Path) -> Bundle:
@@ -32,15 +40,20 @@ def _export_checkpoint(checkpoint: Path, cache_dir: Path) -> Bundle:
             return load_bundle(target)
         except BundleError:
             pass  # a damaged cache entry: export again over it
-    try:
-        from pvae.export.exporter import export_bundle
-    except ImportError as exc:
+    missing = next((name for name in EXPORT_NEEDS if find_spec(name) is None), None)
+    if missing is not None:
         raise MissingDependencyError(
-            f"--model {checkpoint} is a checkpoint, and exporting it needs torch ({exc.name} is missing): "
+            f"--model {checkpoint} is a checkpoint, and exporting it needs torch ({missing} is missing): "
             "pip install 'pvae[train]', or run pvae-export on a machine that has it and pass the bundle "
-            "directory") from None
+            "directory")
     target.parent.mkdir(parents=True, exist_ok=True)
-    return load_bundle(export_bundle(checkpoint, target, formats=("onnx",)))
+    command = [sys.executable, "-m", EXPORT_MODULE, str(checkpoint), "-o", str(target), "--formats", "onnx"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()] or ["(no output)"]
+        reason = lines[-1].removeprefix("pvae-export: error: ")
+        raise BundleError(f"--model {checkpoint}: exporting the checkpoint failed: {reason}")
+    return load_bundle(target)
 
 
 def resolve_bundle(model: str | Path | None, cache_dir: str | Path | None = None) -> Bundle:
