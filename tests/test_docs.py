@@ -14,6 +14,8 @@ rewritten freely.
   is: each flag it names must be a flag of that command (or subcommand), each subcommand must exist,
   and ``a|b|c`` values must be among the flag's choices.
 - ``make TARGET`` lines: the target must exist in the Makefile.
+- Relative links and images must name existing files, and a ``#fragment`` into a Markdown file one
+  of its headings (GitHub's anchors).
 - The cheap commands run for real: ``pvae-client`` (info, encode, stream) against an in-process
   server of the tiny test model (``$PVAE_SERVER``), and ``pvae-export`` of the tiny checkpoint placed at
   the path the docs name, in a scratch directory holding the files the commands read. Commands that
@@ -296,6 +298,81 @@ def test_the_checker_rejects_what_the_cli_rejects(monkeypatch: pytest.MonkeyPatc
     lines = list(shell_lines("```bash\npvae-serve --port 1 \\\n   --metrics-port off   # comment\n```\n"
                              "```python\npvae-serve --nope\n```\n"))
     assert lines == [(2, "pvae-serve --port 1 --metrics-port off   # comment")]
+
+
+# ----------------------------------------------------------------------------- relative links
+
+#: An inline link or image ``[text](target "title")``, and a reference definition ``[label]: target``.
+INLINE_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'][^)]*)?\)")
+REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?([^\s>]+)>?")
+CODE_SPAN = re.compile(r"(`+).*?\1")
+
+
+def heading_anchors(text: str) -> set[str]:
+    """The anchors GitHub gives a Markdown file's headings: lower case, punctuation dropped, spaces to
+    hyphens, a repeated heading suffixed -1, -2, ..."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    fence: str | None = None
+    for raw in text.splitlines():
+        match = FENCE.match(raw)
+        if match and (fence is None or raw.strip().startswith(fence)):
+            fence = match.group(2)[:3] if fence is None else None
+            continue
+        heading = re.match(r"^\s{0,3}#{1,6}\s+(.*?)\s*#*\s*$", raw)
+        if fence is None and heading:
+            slug = re.sub(r"[^\w\- ]", "", CODE_SPAN.sub(lambda m: m.group(0).strip("`"), heading.group(1)).lower())
+            slug = slug.replace(" ", "-")
+            anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def relative_links(text: str) -> Iterator[tuple[int, str]]:
+    """(line number, target) of every link outside code that is not a URL (``scheme:``) or a mail address."""
+    fence: str | None = None
+    for number, raw in enumerate(text.splitlines(), 1):
+        match = FENCE.match(raw)
+        if match and (fence is None or raw.strip().startswith(fence)):
+            fence = match.group(2)[:3] if fence is None else None
+            continue
+        if fence is not None:
+            continue
+        line = CODE_SPAN.sub("", raw)
+        targets = [m.group(1) for m in INLINE_LINK.finditer(line)]
+        reference = REFERENCE_LINK.match(line)
+        if reference:
+            targets.append(reference.group(1))
+        for target in targets:
+            if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", target):
+                yield number, target
+
+
+def test_every_relative_link_in_the_docs_points_to_an_existing_file() -> None:
+    """A moved or renamed doc cannot leave a dead link behind: every relative link (and image) of every
+    Markdown file names an existing path, and a ``#fragment`` into a Markdown file names one of its headings."""
+    problems = []
+    checked = 0
+    for path in markdown_files():
+        doc = path.relative_to(ROOT)
+        for number, target in relative_links(path.read_text(encoding="utf-8")):
+            checked += 1
+            file, _, fragment = target.partition("#")
+            resolved = (path.parent / file).resolve() if file else path
+            if not resolved.exists():
+                problems.append(f"{doc}:{number}: {target}: no such file")
+            elif fragment and resolved.suffix == ".md" \
+                    and fragment not in heading_anchors(resolved.read_text(encoding="utf-8")):
+                problems.append(f"{doc}:{number}: {target}: no heading with that anchor")
+    assert checked > 0
+    assert not problems, "\n".join(problems)
+
+
+def test_the_link_checker_finds_links_and_anchors() -> None:
+    text = ("# Top `pvae-eval` (here)\n## Top `pvae-eval` (here)\n[a](docs/x.md#y) ![b](img.png) [c](https://e.org)\n"
+            "`[d](code.md)`\n```\n[e](fenced.md)\n```\n[f]: ref.md\n")
+    assert list(relative_links(text)) == [(3, "docs/x.md#y"), (3, "img.png"), (8, "ref.md")]
+    assert heading_anchors(text) == {"top-pvae-eval-here", "top-pvae-eval-here-1"}
 
 
 # ----------------------------------------------------------------------------- run the cheap ones
