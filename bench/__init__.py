@@ -6,6 +6,8 @@ measured in the same run.
 
 Modules::
 
+    config       BenchConfig: what a streaming benchmark runs (pvae-bench and pvae-bench-serve)
+    loadgen      the one streaming load generator: AsyncClient streams fed from shared tickets, tallied
     train        pvae-bench-train: training throughput, the sampler against Algorithm 1 as written
     export       pvae-bench-export: ONNX Runtime rate path vs torch eager, and the sampler's cost
     serve        pvae-bench-serve: loopback streaming vs the in-process engine, on VGA frames

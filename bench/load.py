@@ -11,7 +11,7 @@ p50/p90/p95/p99; from handing a frame to gRPC to receiving its result), the serv
 split (the delta of ``pvae_stage_duration_seconds`` ``_sum``/``_count`` over the level, read from
 ``--metrics-url``) and the ratio to the in-process engine, measured in the same run on the same
 frames (``pvae.bench.serve.InProcessRunner``). ``--csv``, ``--json`` and ``--plot DIR`` write the
-figures.
+figures. Streams are the load generator's (``pvae.bench.loadgen``: the project's own ``AsyncClient``).
 
     pvae-bench --model runs/quick/best.bundle --concurrency 1,2,4 --duration 10 --plot bench/
     pvae-bench --server 10.0.0.5:50051 --metrics-url http://10.0.0.5:9464/metrics --mode unary
@@ -23,24 +23,27 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import json
 import math
-import socket
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from pvae.cli import run_cli
+from pvae.bench.config import DEFAULT_OUTPUTS, MODES, BenchConfig, FrameInput
+from pvae.bench.loadgen import Tally, Tickets, stream_frames
+from pvae.cli import free_port, run_cli
+from pvae.clients import AsyncClient
 from pvae.clients.frames import frame_to_proto
-from pvae.clients.options import OUTPUTS, EncodeOptions, OutputName
+from pvae.clients.options import OUTPUTS
 from pvae.clients.synthetic import SyntheticCamera
 from pvae.errors import ConfigError, MissingDependencyError
 from pvae.v1 import pvae_pb2 as pb
@@ -58,14 +61,6 @@ __all__ = [
     "write_plots",
 ]
 
-Mode = Literal["unary", "stream"]
-FrameInput = Literal["jpeg", "raw"]
-#: Benchmark modes: one Encode call after another per client, or one StreamEncode per client.
-MODES: tuple[Mode, ...] = get_args(Mode)
-#: VGA (640x480), the frame size the serving targets are set for (issue 4).
-DEFAULT_SIZE = (480, 640)
-#: Outputs asked for by default: what a camera client shows (rates, spikes, reconstruction) + stats.
-DEFAULT_OUTPUTS: tuple[OutputName, ...] = ("rates", "counts", "reconstruction", "stats")
 #: Latency percentiles reported (perf_analyzer reports p50/p90/p95/p99).
 PERCENTILES = (50, 90, 95, 99)
 #: Distinct synthetic frames cycled through (encoded once, before timing).
@@ -82,99 +77,39 @@ STAGE_METRIC = "pvae_stage_duration_seconds"
 MB = 1e6
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    """What to run; ``pvae-bench`` flags mirror the fields one to one."""
-
-    server: str | None = None
-    """``host:port`` of a running server; None: start ``pvae-serve`` for ``model`` on loopback."""
-    metrics_url: str | None = None
-    """The server's Prometheus endpoint (``http://host:9464/metrics``) for the per-stage split; when the
-    bench starts the server it knows the URL itself."""
-    model: str | None = None
-    """Bundle or checkpoint: the server to start and the in-process baseline (default: bundled model)."""
-    mode: Mode = "stream"
-    """``unary`` (Encode) or ``stream`` (StreamEncode)."""
-    concurrency: tuple[int, ...] = (1,)
-    """Concurrent clients per level; one level per value."""
-    size: tuple[int, int] = DEFAULT_SIZE
-    """Frame (height, width) in pixels."""
-    outputs: tuple[OutputName, ...] = DEFAULT_OUTPUTS
-    """Outputs each request asks for."""
-    duration_s: float | None = None
-    """Seconds per level (open the tap, close it after this long); exclusive with ``frames``."""
-    frames: int | None = None
-    """Frames per level, shared by its clients; default 60 when ``duration_s`` is unset."""
-    fps: float | None = None
-    """Offered load in frames/s over all clients of a level (paced); None: open loop."""
-    window: int = 4
-    """In-flight frames per stream (stream mode)."""
-    input: FrameInput = "jpeg"
-    """How frames travel: ``jpeg`` (q90, as a camera client sends them) or ``raw`` (uint8 BGR)."""
-    warmup: int = 2
-    """Untimed frames per client before each level."""
-    baseline: bool = True
-    """Measure the in-process engine on the same frames (needs onnxruntime and the model)."""
-    baseline_frames: int = 10
-    """Frames of the in-process baseline."""
-    device: str = "cpu"
-    """Device of the started server and the baseline (cpu, cuda, auto)."""
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode: one of {', '.join(MODES)}, got {self.mode!r}")
-        if not self.concurrency or min(self.concurrency) < 1:
-            raise ConfigError(f"concurrency: positive integers, got {self.concurrency}")
-        if min(self.size) < 1:
-            raise ConfigError(f"size: positive, got {self.size}")
-        if not self.outputs or any(name not in OUTPUTS for name in self.outputs):
-            raise ConfigError(f"outputs: any of {', '.join(OUTPUTS)}, got {self.outputs}")
-        if self.duration_s is not None and self.frames is not None:
-            raise ConfigError("give --duration or --frames, not both")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ConfigError(f"duration: must be > 0 seconds, got {self.duration_s}")
-        if self.frames is not None and self.frames < 1:
-            raise ConfigError(f"frames: must be >= 1, got {self.frames}")
-        if self.fps is not None and self.fps <= 0:
-            raise ConfigError(f"fps: must be > 0, got {self.fps}")
-        if self.window < 1 or self.warmup < 0 or self.baseline_frames < 1:
-            raise ConfigError("window and baseline_frames must be >= 1, warmup >= 0")
-        if self.input not in get_args(FrameInput):
-            raise ConfigError(f"input: jpeg or raw, got {self.input!r}")
-
-    @property
-    def frame_budget(self) -> int | None:
-        """Frames per level, or None when the level is timed by ``duration_s``."""
-        if self.duration_s is not None:
-            return None
-        return self.frames if self.frames is not None else 60
-
-
 @dataclass
 class LevelFigures:
     """Raw measurements of one concurrency level."""
 
     concurrency: int
-    latencies_s: list[float] = field(default_factory=list)
-    sent_bytes: int = 0
-    received_bytes: int = 0
-    patches: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    tally: Tally = field(default_factory=Tally)
     seconds: float = 0.0
 
-    def error(self, code: str) -> None:
-        """Count one failed frame under its status code name."""
-        self.errors[code] = self.errors.get(code, 0) + 1
+    @property
+    def latencies_s(self) -> list[float]:
+        return self.tally.latencies_s
+
+    @property
+    def errors(self) -> dict[str, int]:
+        """Failed frames by status name: in-band errors, frames lost with a failed stream or call, and
+        responses that carried no result (UNKNOWN)."""
+        errors = dict(self.tally.failed)
+        for name, count in self.tally.lost.items():
+            errors[name] = errors.get(name, 0) + count
+        if self.tally.drop_reports:
+            errors["UNKNOWN"] = errors.get("UNKNOWN", 0) + self.tally.drop_reports
+        return errors
 
     def summary(self, patches_per_frame: int) -> dict[str, Any]:
         """The row that the report, CSV and JSON show (latencies in ms)."""
         frames = len(self.latencies_s)
         latencies_ms = np.asarray(self.latencies_s, dtype=np.float64) * 1e3
+        sent_bytes, received_bytes = self.tally.sent_bytes, self.tally.received_bytes
         row: dict[str, Any] = {
             "concurrency": self.concurrency, "frames": frames, "errors": sum(self.errors.values()),
             "seconds": self.seconds, "fps": frames / self.seconds if self.seconds else 0.0,
             "patches_per_s": frames * patches_per_frame / self.seconds if self.seconds else 0.0,
-            "mb_per_s": (self.sent_bytes + self.received_bytes) / MB / self.seconds if self.seconds else 0.0,
+            "mb_per_s": (sent_bytes + received_bytes) / MB / self.seconds if self.seconds else 0.0,
             "avg_ms": float(latencies_ms.mean()) if frames else math.nan,
             "std_ms": float(latencies_ms.std()) if frames else math.nan,
         }
@@ -213,99 +148,28 @@ def stage_split(before: dict[tuple[str, tuple[tuple[str, str], ...]], float],
 # ----------------------------------------------------------------------------- load
 
 
-class _Tickets:
-    """Frames handed out to a level's clients: a frame budget or a deadline, optionally paced."""
-
-    def __init__(self, budget: int | None, duration_s: float | None, fps: float | None) -> None:
-        self.budget = budget
-        self.fps = fps
-        self.issued = 0
-        self.started = time.perf_counter()
-        self.deadline = self.started + duration_s if duration_s is not None else math.inf
-
-    async def take(self) -> int | None:
-        """The next frame index, after waiting for its slot when paced; None when the level is over."""
-        if (self.budget is not None and self.issued >= self.budget) or time.perf_counter() >= self.deadline:
-            return None
-        index = self.issued
-        self.issued += 1
-        if self.fps is not None:  # the frame's slot in a fixed-rate schedule over all clients
-            delay = self.started + index / self.fps - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if time.perf_counter() >= self.deadline:
-                return None
-        return index
-
-
 def _channel(address: str) -> grpc.aio.Channel:
-    options = [("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
-               ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES)]
-    return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.insecure_channel(address, options=_message_limits())
 
 
-async def _unary_client(address: str, frames: Sequence[pb.Frame], options: pb.EncodeOptions, tickets: _Tickets,
-                        figures: LevelFigures | None) -> None:
+async def _unary_client(address: str, frames: Sequence[pb.Frame], options: pb.EncodeOptions, tickets: Tickets,
+                        tally: Tally) -> None:
+    """One Encode call after another, one frame per ticket."""
     async with _channel(address) as channel:
         stub = pb_grpc.EncoderStub(channel)
         while (index := await tickets.take()) is not None:
             request = pb.EncodeRequest(frame=frames[index % len(frames)], options=options)
             started = time.perf_counter()
+            tally.sent += 1
+            tally.sent_bytes += request.ByteSize()
             try:
                 response = await stub.Encode(request)
             except grpc.aio.AioRpcError as exc:
-                if figures is not None:
-                    figures.error(exc.code().name)
+                tally.failed[exc.code().name] = tally.failed.get(exc.code().name, 0) + 1
                 continue
-            if figures is not None:
-                figures.latencies_s.append(time.perf_counter() - started)
-                figures.sent_bytes += request.ByteSize()
-                figures.received_bytes += response.ByteSize()
-
-
-async def _stream_client(address: str, frames: Sequence[pb.Frame], options: pb.EncodeOptions, window: int,
-                         tickets: _Tickets, figures: LevelFigures | None) -> None:
-    async with _channel(address) as channel:
-        stub = pb_grpc.EncoderStub(channel)
-        room = asyncio.Semaphore(window)
-        sent_at: dict[int, float] = {}
-
-        async def requests() -> AsyncIterator[pb.StreamEncodeRequest]:
-            first = True
-            while True:
-                await room.acquire()
-                index = await tickets.take()
-                if index is None:
-                    return
-                request = pb.StreamEncodeRequest(sequence=index, frame=frames[index % len(frames)])
-                if first:  # options and settings are sticky: first message only
-                    request.options.CopyFrom(options)
-                    request.settings.window = window
-                    first = False
-                if figures is not None:
-                    figures.sent_bytes += request.ByteSize()
-                sent_at[index] = time.perf_counter()
-                yield request
-
-        try:
-            async for response in stub.StreamEncode(requests()):
-                room.release()
-                started = sent_at.pop(response.sequence, None)
-                if figures is None:
-                    continue
-                figures.received_bytes += response.ByteSize()
-                if response.WhichOneof("outcome") == "result" and started is not None:
-                    figures.latencies_s.append(time.perf_counter() - started)
-                else:
-                    figures.error(_status_name(response.error.code) if response.HasField("error") else "UNKNOWN")
-        except grpc.aio.AioRpcError as exc:
-            if figures is not None:
-                for _ in sent_at:  # every unanswered frame of a failed stream is an error
-                    figures.error(exc.code().name)
-
-
-def _status_name(code: int) -> str:
-    return next((status.name for status in grpc.StatusCode if status.value[0] == code), str(code))
+            tally.answered += 1
+            tally.latencies_s.append(time.perf_counter() - started)
+            tally.received_bytes += response.ByteSize()
 
 
 async def _progress(figures: LevelFigures, started: float, report: Callable[[str], None]) -> None:
@@ -318,38 +182,45 @@ async def _progress(figures: LevelFigures, started: float, report: Callable[[str
 
 async def run_level(address: str, frames: Sequence[pb.Frame], config: BenchConfig, concurrency: int,
                     report: Callable[[str], None] | None = None) -> LevelFigures:
-    """``concurrency`` clients for one level (after ``warmup`` untimed frames each); the raw figures."""
-    options = EncodeOptions(outputs=config.outputs, seed=1).to_proto()
+    """``concurrency`` clients for one level (after ``warmup`` untimed frames each); the raw figures.
 
-    def client(tickets: _Tickets, figures: LevelFigures | None) -> Any:
+    Stream mode: each client is an ``AsyncClient`` (its own channel) with one stream at a time, fed
+    by the load generator; unary mode: one Encode after another on a channel of its own."""
+    options = config.encode_options()
+    clients = [AsyncClient(address, options=options, channel_options=_message_limits())
+               for _ in range(concurrency if config.mode == "stream" else 0)]
+
+    def client(index: int, tickets: Tickets, tally: Tally) -> Any:
         if config.mode == "unary":
-            return _unary_client(address, frames, options, tickets, figures)
-        return _stream_client(address, frames, options, config.window, tickets, figures)
+            return _unary_client(address, frames, options.to_proto(), tickets, tally)
+        return stream_frames(clients[index], frames, tickets, tally, window=config.window, label=f"client {index}")
 
-    if config.warmup:
-        warm = _Tickets(config.warmup * concurrency, None, None)
-        await asyncio.gather(*(client(warm, None) for _ in range(concurrency)))
-    figures = LevelFigures(concurrency)
-    tickets = _Tickets(config.frame_budget, config.duration_s, config.fps)
-    ticker = asyncio.create_task(_progress(figures, tickets.started, report)) if report else None
     try:
-        await asyncio.gather(*(client(tickets, figures) for _ in range(concurrency)))
+        if config.warmup:
+            warm = Tickets(config.warmup * concurrency)
+            await asyncio.gather(*(client(i, warm, Tally()) for i in range(concurrency)))
+        figures = LevelFigures(concurrency)
+        tickets = Tickets(config.frame_budget, config.duration_s, config.fps)
+        ticker = asyncio.create_task(_progress(figures, tickets.started, report)) if report else None
+        try:
+            await asyncio.gather(*(client(i, tickets, figures.tally) for i in range(concurrency)))
+        finally:
+            figures.seconds = time.perf_counter() - tickets.started
+            if ticker is not None:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
     finally:
-        figures.seconds = time.perf_counter() - tickets.started
-        if ticker is not None:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
+        await asyncio.gather(*(c.close() for c in clients))
     return figures
 
 
+def _message_limits() -> list[tuple[str, Any]]:
+    return [("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
+            ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES)]
+
+
 # ----------------------------------------------------------------------------- the run
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -358,33 +229,27 @@ def _target(config: BenchConfig) -> Iterator[tuple[str, str | None]]:
     if config.server is not None:
         yield config.server, config.metrics_url
         return
-    from pvae.bench.serve import BenchConfig as ServeBenchConfig
     from pvae.bench.serve import server_processes
     from pvae.serving.source import resolve_bundle
 
     bundle = resolve_bundle(config.model)
-    metrics_port = _free_port()
-    serve = ServeBenchConfig(model=str(bundle.root), device=config.device, window=config.window,
-                             extra_server_args=("--metrics-port", str(metrics_port),
-                                                "--warmup-sizes", f"{config.size[0]}x{config.size[1]}"))
+    metrics_port = free_port()
+    serve = dataclasses.replace(config, extra_server_args=(
+        *config.extra_server_args, "--metrics-port", str(metrics_port),
+        "--warmup-sizes", f"{config.size[0]}x{config.size[1]}"))
     with server_processes(serve, bundle.root) as port:
         yield f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
 
 
 def _baseline(config: BenchConfig, frames: Sequence[pb.Frame]) -> dict[str, Any]:
     """The in-process engine (decode -> graphs -> sampler -> packing), one frame at a time, same frames."""
-    from pvae.bench.serve import BenchConfig as ServeBenchConfig
     from pvae.bench.serve import InProcessRunner, RunFigures
-    from pvae.serving.messages import parse_options
     from pvae.serving.source import resolve_bundle
 
     bundle = resolve_bundle(config.model)
-    serve = ServeBenchConfig(model=str(bundle.root), device=config.device, frames=config.baseline_frames,
-                             warmup=1)
-    runner = InProcessRunner(serve, bundle.root, frames)
-    runner.spec, _ = parse_options(EncodeOptions(outputs=config.outputs, seed=1).to_proto(), 90)
+    runner = InProcessRunner(dataclasses.replace(config, warmup=1), bundle.root, frames)
     figures = RunFigures("in-process")
-    runner.run(figures)
+    runner.run(figures, config.baseline_frames)
     return {"frames": figures.frames, "fps": figures.fps, "p50_ms": figures.percentile_ms(50),
             "p99_ms": figures.percentile_ms(99)}
 

@@ -55,7 +55,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -70,7 +69,7 @@ import grpc
 import numpy as np
 
 from pvae.bundle import Bundle
-from pvae.cli import run_cli
+from pvae.cli import free_port, run_cli
 from pvae.errors import ConfigError, MissingDependencyError, PVAEError
 
 __all__ = [
@@ -538,12 +537,6 @@ def in_process_baseline(bundle: Bundle, patches: np.ndarray, seconds: float) -> 
 # ----------------------------------------------------------------------------- server
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _tail(path: Path, lines: int = 1) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -604,7 +597,7 @@ def _server_process(command: list[str], port: int, log: Path, what: str,
 @contextlib.contextmanager
 def serve(config: OipBenchConfig, progress: Progress | None = None) -> Iterator[str]:
     """Run the real ``pvae-serve`` CLI on a free loopback port until ready; yield ``host:port``; SIGTERM it."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "pvae.serving", "--host", "127.0.0.1", "--port", str(port),
                "--metrics-port", "off", "--warmup-sizes", "", "--device", "cpu", *config.server_args]
     if config.model is not None:
@@ -622,7 +615,7 @@ def floor_command(config: OipBenchConfig, port: int) -> list[str]:
 @contextlib.contextmanager
 def serve_floor(config: OipBenchConfig, progress: Progress | None = None) -> Iterator[str]:
     """Run the transport-floor server on a free loopback port until ready; yield ``host:port``; SIGTERM it."""
-    port = _free_port()
+    port = free_port()
     with _server_process(floor_command(config, port), port, config.work_dir / "floor.log",
                          "the transport floor", progress) as address:
         yield address

@@ -9,9 +9,11 @@ What it measures, in one run:
    would) send the frames with a client-side in-flight window; latency is the time from handing a
    frame to gRPC to receiving its result.
 
-Every request asks for rates (fp16), sparse spike counts and the reconstruction, as issue 4 states.
-It prints throughput, p50/p99 latency, wire bytes per frame round trip (request + response
-protobuf bytes) and the ratios against the targets; ``--json`` writes the figures.
+Every request asks for rates (fp16), sparse spike counts and the reconstruction (JPEG by default),
+what a camera client shows. The streams are the load generator's (``pvae.bench.loadgen``: the
+project's own ``AsyncClient``). It prints throughput, p50/p99 latency, wire bytes per frame round
+trip (request + response protobuf bytes) and the ratios against the targets; ``--json`` writes the
+figures.
 
     pvae-bench-serve --model runs/quick/best.bundle --frames 60
     pvae-bench-serve --server-processes 2 --server-threads 1      # SO_REUSEPORT workers experiment
@@ -22,11 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import grpc
 import numpy as np
 
-from pvae.cli import run_cli
+from pvae.bench.config import BenchConfig
+from pvae.bench.loadgen import Tally, Tickets, stream_frames
+from pvae.cli import free_port, run_cli
+from pvae.clients import AsyncClient, FrameResult
 from pvae.errors import ConfigError
 from pvae.serving.decode import FrameLimits
 from pvae.serving.engine import Engine, resolve_device
@@ -47,67 +51,26 @@ from pvae.serving.messages import decode_frame, fill_result, parse_options
 from pvae.serving.pipeline import FrameJob, Pipeline
 from pvae.serving.source import resolve_bundle
 from pvae.v1 import pvae_pb2 as pb
-from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
-__all__ = ["BenchConfig", "InProcessRunner", "RunFigures", "main", "run_benchmark", "synthetic_frames"]
+__all__ = ["InProcessRunner", "RunFigures", "main", "run_benchmark", "server_processes",
+           "synthetic_frames"]
 
-#: VGA, the frame size issue 4 sets the targets for.
+#: VGA, the frame size the serving targets are set for.
 VGA = (480, 640)
-#: Targets from issue 4 ("Speed"), on the 2-core CPU.
+#: The serving targets on the 2-core CPU: streaming throughput against the in-process engine, the
+#: latency tail with 4 streams, and the wire bytes of one frame's round trip.
 TARGET_STREAM_RATIO = 0.85
 TARGET_P99_OVER_P50 = 2.0
 TARGET_WIRE_BYTES = 1.3e6
-#: The outputs every benchmark request asks for: rates, counts and reconstruction (issue 4), plus the
-#: per-frame stats (~100 bytes) for the server-side batch sizes.
-OUTPUTS = (pb.OUTPUT_RATES, pb.OUTPUT_COUNTS, pb.OUTPUT_RECONSTRUCTION, pb.OUTPUT_STATS)
 #: Seconds to wait for the server process to listen (imports, sessions, warm-up).
 SERVER_START_TIMEOUT_S = 120.0
 #: Pixels the synthetic camera moves per frame (a slow pan, as a handheld camera).
 PAN_STEP = (3, 7)
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """What to benchmark (flags mirror the fields)."""
-
-    model: str | None = None
-    """Bundle directory or checkpoint; default: the bundled default model."""
-    device: str = "cpu"
-    """Device for both the server and the in-process engine (cpu, cuda, auto)."""
-    gpu: int | None = None
-    """CUDA GPU index (implies device cuda)."""
-    frames: int = 60
-    """Timed frames per stream (and for the in-process run)."""
-    warmup: int = 5
-    """Untimed frames before each timed run."""
-    streams: tuple[int, ...] = (1, 4)
-    """Concurrent stream counts to run."""
-    rounds: int = 3
-    """Rounds of (in-process, each stream count), interleaved so that background load drifts hit
-    every configuration alike; throughput is the median over rounds, latency pooled."""
-    window: int = 4
-    """In-flight frames per stream (client side and server side)."""
-    input: str = "jpeg"
-    """How frames travel: jpeg (as a camera client would send them) or raw (uint8 gray)."""
-    image_encoding: str = "jpeg"
-    """Encoding of the returned reconstruction: raw, png or jpeg."""
-    server_processes: int = 1
-    """pvae-serve processes sharing the port with SO_REUSEPORT (1 = the normal single server)."""
-    server_threads: int = 0
-    """ONNX Runtime intra-op threads per server process (0 = one per core)."""
-    extra_server_args: tuple[str, ...] = ()
-    """More pvae-serve flags."""
-
-    def __post_init__(self) -> None:
-        if (self.frames < 1 or self.warmup < 0 or self.window < 1 or self.rounds < 1 or not self.streams
-                or min(self.streams) < 1):
-            raise ConfigError("frames, window, rounds and streams must be >= 1 and warmup >= 0")
-        if self.input not in ("jpeg", "raw"):
-            raise ConfigError(f"input: jpeg or raw, got {self.input!r}")
-        if self.image_encoding not in ("raw", "png", "jpeg"):
-            raise ConfigError(f"image_encoding: raw, png or jpeg, got {self.image_encoding!r}")
-        if self.server_processes < 1:
-            raise ConfigError("server_processes must be >= 1")
+#: The defaults of pvae-bench-serve's flags where they differ from BenchConfig's (pvae-bench's).
+SERVE_DEFAULTS = BenchConfig(concurrency=(1, 4), warmup=5, rounds=3, image_encoding="jpeg")
+#: Sequence numbers (and frame offsets) of warm-up and timed streams: far apart, so that streams
+#: start at different frames of the pan.
+WARMUP_OFFSET, TIMED_OFFSET = 997, 7919
 
 
 @dataclass
@@ -118,7 +81,9 @@ class RunFigures:
     frames: int = 0
     round_fps: list[float] = field(default_factory=list)
     latencies_s: list[float] = field(default_factory=list, repr=False)
-    request_bytes: list[int] = field(default_factory=list, repr=False)
+    requests: int = 0
+    request_bytes: int = 0
+    """Serialized bytes of all ``requests``."""
     response_bytes: list[int] = field(default_factory=list, repr=False)
     parts: dict[str, list[int]] = field(default_factory=dict, repr=False)
     batch_sizes: list[int] = field(default_factory=list, repr=False)
@@ -127,16 +92,24 @@ class RunFigures:
         self.frames += frames
         self.round_fps.append(frames / seconds)
 
-    def add_response(self, response: pb.StreamEncodeResponse) -> None:
+    def add_requests(self, count: int, total_bytes: int) -> None:
+        self.requests += count
+        self.request_bytes += total_bytes
+
+    def add_response(self, result: pb.EncodeResult, response_bytes: int) -> None:
         """Record a response's size, split by output."""
-        self.response_bytes.append(response.ByteSize())
-        result = response.result
+        self.response_bytes.append(response_bytes)
         counts = result.sparse_counts if result.HasField("sparse_counts") else result.dense_counts
         for part, size in (("rates", len(result.rates)), ("counts", counts.ByteSize()),
                            ("reconstruction", len(result.reconstruction.data))):
             self.parts.setdefault(part, []).append(size)
         if result.HasField("stats"):
             self.batch_sizes.append(result.stats.timings.batch_size)
+
+    def add_tally(self, tally: Tally) -> None:
+        """The timed streams' latencies and request bytes (responses come in one by one)."""
+        self.latencies_s += tally.latencies_s
+        self.add_requests(tally.sent, tally.sent_bytes)
 
     @property
     def fps(self) -> float:
@@ -146,7 +119,7 @@ class RunFigures:
         return float(np.percentile(self.latencies_s, q) * 1e3)
 
     def summary(self) -> dict[str, Any]:
-        request = float(np.mean(self.request_bytes))
+        request = self.request_bytes / max(self.requests, 1)
         response = float(np.mean(self.response_bytes))
         return {
             "name": self.name, "frames": self.frames, "fps": self.fps, "round_fps": self.round_fps,
@@ -204,12 +177,6 @@ def _frame_message(image: np.ndarray, kind: str) -> pb.Frame:
     return pb.Frame(raw=pb.RawFrame(height=gray.shape[0], width=gray.shape[1], channels=1, data=gray.tobytes()))
 
 
-def _options(config: BenchConfig) -> pb.EncodeOptions:
-    encoding = {"raw": pb.IMAGE_ENCODING_RAW, "png": pb.IMAGE_ENCODING_PNG, "jpeg": pb.IMAGE_ENCODING_JPEG}
-    return pb.EncodeOptions(outputs=list(OUTPUTS), seed=1, count_format=pb.COUNT_FORMAT_SPARSE,
-                            image_encoding=encoding[config.image_encoding], float_format=pb.FLOAT_FORMAT_FP16)
-
-
 # ----------------------------------------------------------------------------- in-process
 
 
@@ -220,9 +187,9 @@ class InProcessRunner:
     def __init__(self, config: BenchConfig, bundle_path: Path, frames: Sequence[pb.Frame]) -> None:
         self.engine = Engine(resolve_bundle(bundle_path), resolve_device(config.device, config.gpu),
                              config.server_threads)
-        self.engine.warm_up([VGA])
+        self.engine.warm_up([config.size])
         self.pipeline = Pipeline(self.engine)
-        self.spec, _ = parse_options(_options(config), 90)
+        self.spec, _ = parse_options(config.encode_options().to_proto(), 90)
         self.limits = FrameLimits(max_height=4096, max_width=4096, max_pixels=1 << 25, max_bytes=1 << 26,
                                   min_side=self.engine.min_frame_side)
         self.frames = frames
@@ -241,33 +208,27 @@ class InProcessRunner:
             responses.append(response)
         return time.perf_counter() - start, responses
 
-    def run(self, figures: RunFigures, batch: int = 1) -> None:
+    def run(self, figures: RunFigures, frames: int, batch: int = 1) -> None:
         """One round: ``frames`` frames, ``batch`` at a time."""
         self.batch(0, max(1, min(self.config.warmup, batch)))
         started = time.perf_counter()
-        for first in range(0, self.config.frames, batch):
-            size = min(batch, self.config.frames - first)
+        for first in range(0, frames, batch):
+            size = min(batch, frames - first)
             latency, responses = self.batch(first, size)
             for i, response in zip(range(first, first + size), responses, strict=True):
                 figures.latencies_s.append(latency)
-                figures.add_response(response)
-                figures.request_bytes.append(self.frames[i % len(self.frames)].ByteSize())
-        figures.add_round(self.config.frames, time.perf_counter() - started)
+                figures.add_response(response.result, response.ByteSize())
+                figures.add_requests(1, self.frames[i % len(self.frames)].ByteSize())
+        figures.add_round(frames, time.perf_counter() - started)
 
 
 # ----------------------------------------------------------------------------- the server process
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def server_processes(config: BenchConfig, bundle_path: Path) -> Iterator[int]:
     """Start ``server_processes`` pvae-serve processes on one loopback port; yield the port; SIGTERM them."""
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-m", "pvae.serving", "--model", str(bundle_path), "--port", str(port),
                "--metrics-port", "off", "--device", config.device, "--intra-op-threads", str(config.server_threads),
                "--max-window", str(max(config.window, 1)), *config.extra_server_args]
@@ -302,47 +263,42 @@ def server_processes(config: BenchConfig, bundle_path: Path) -> Iterator[int]:
                 process.stderr.close()
 
 
-async def _one_stream(address: str, frames: Sequence[pb.Frame], count: int, first: int, config: BenchConfig,
-                      figures: RunFigures | None) -> None:
-    """One stream (own channel): ``count`` frames with at most ``window`` in flight."""
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(address, options=options) as channel:
-        stub = pb_grpc.EncoderStub(channel)
-        room = asyncio.Semaphore(config.window)
-        sent_at: dict[int, float] = {}
-
-        async def requests() -> Any:
-            for i in range(count):
-                await room.acquire()
-                request = pb.StreamEncodeRequest(sequence=first + i, frame=frames[(first + i) % len(frames)])
-                if i == 0:
-                    request.options.CopyFrom(_options(config))
-                    request.settings.window = config.window
-                if figures is not None:
-                    figures.request_bytes.append(request.ByteSize())
-                sent_at[first + i] = time.perf_counter()
-                yield request
-
-        async for response in stub.StreamEncode(requests()):
-            now = time.perf_counter()
-            room.release()
-            if response.WhichOneof("outcome") != "result":
-                raise ConfigError(f"frame {response.sequence} failed: {response.error.message}")
-            latency = now - sent_at.pop(response.sequence)
-            if figures is not None:
-                figures.latencies_s.append(latency)
-                figures.add_response(response)
+def _check(result: FrameResult) -> None:
+    if not result.ok:
+        raise ConfigError(f"frame {result.sequence} failed: {result.error or 'dropped'}")
 
 
 async def _streams(address: str, frames: Sequence[pb.Frame], n_streams: int, config: BenchConfig,
                    figures: RunFigures) -> None:
-    if config.warmup:
-        await asyncio.gather(*(_one_stream(address, frames, config.warmup, 997 * s, config, None)
-                               for s in range(n_streams)))
-    started = time.perf_counter()
-    await asyncio.gather(*(_one_stream(address, frames, config.frames, 7919 * s, config, figures)
-                           for s in range(n_streams)))
-    figures.add_round(n_streams * config.frames, time.perf_counter() - started)
+    """``n_streams`` concurrent streams, one client (channel) each as separate clients would be,
+    ``frames`` frames each with at most ``window`` in flight; warm-up streams first, on the same clients."""
+    budget = config.frame_budget
+    if budget is None:
+        raise ConfigError("pvae-bench-serve counts frames per stream: give frames, not a duration")
+    clients = [AsyncClient(address, options=config.encode_options()) for _ in range(n_streams)]
+    try:
+
+        def record(result: FrameResult) -> None:
+            _check(result)
+            assert result.message is not None  # decode=False keeps it
+            figures.add_response(result.message, result.response_bytes)
+
+        def streams(count: int, offset: int, tally: Tally, timed: bool) -> list[Any]:
+            return [stream_frames(client, frames, Tickets(count), tally, window=config.window, offset=offset * s,
+                                  on_result=record if timed else _check)
+                    for s, client in enumerate(clients)]
+
+        if config.warmup:
+            await asyncio.gather(*streams(config.warmup, WARMUP_OFFSET, Tally(), timed=False))
+        tally = Tally()
+        started = time.perf_counter()
+        await asyncio.gather(*streams(budget, TIMED_OFFSET, tally, timed=True))
+        figures.add_round(n_streams * budget, time.perf_counter() - started)
+        if tally.stream_errors:
+            raise ConfigError(f"a stream failed: {tally.stream_errors[0]}")
+        figures.add_tally(tally)
+    finally:
+        await asyncio.gather(*(client.close() for client in clients))
 
 
 # ----------------------------------------------------------------------------- the benchmark
@@ -350,18 +306,21 @@ async def _streams(address: str, frames: Sequence[pb.Frame], n_streams: int, con
 
 def run_benchmark(config: BenchConfig, progress: Any = None) -> dict[str, Any]:
     """Run everything and return the figures (also what ``--json`` writes)."""
+    budget = config.frame_budget
+    if budget is None:
+        raise ConfigError("pvae-bench-serve counts frames per stream: give frames, not a duration")
     bundle = resolve_bundle(config.model)
-    images = synthetic_frames(max(config.frames, 30))
+    images = synthetic_frames(max(budget, 30), *config.size)
     frames = [_frame_message(image, config.input) for image in images]
     in_process = InProcessRunner(config, bundle.root, frames)
     baseline = RunFigures("in-process")
     batched = RunFigures(f"in-proc b{config.window}")
-    runs = {n: RunFigures(f"{n} stream{'s' if n > 1 else ''}") for n in config.streams}
+    runs = {n: RunFigures(f"{n} stream{'s' if n > 1 else ''}") for n in config.concurrency}
     with server_processes(config, bundle.root) as port:
         for round_index in range(config.rounds):
-            in_process.run(baseline)
+            in_process.run(baseline, budget)
             if config.window > 1:
-                in_process.run(batched, batch=config.window)
+                in_process.run(batched, budget, batch=config.window)
             for n, figures in runs.items():
                 asyncio.run(_streams(f"127.0.0.1:{port}", frames, n, config, figures))
             if progress is not None:
@@ -416,26 +375,27 @@ def format_report(figures: dict[str, Any]) -> str:
 def _parse(argv: Sequence[str] | None) -> tuple[BenchConfig, Path | None]:
     parser = argparse.ArgumentParser(allow_abbrev=False,
                                      prog="pvae-bench-serve", description=__doc__.splitlines()[0] if __doc__ else "")
+    defaults = SERVE_DEFAULTS
     parser.add_argument("--model", default=None, help="bundle directory or checkpoint (default: bundled model)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    parser.add_argument("--device", default=defaults.device, choices=("cpu", "cuda", "auto"))
     parser.add_argument("--gpu", type=int, default=None)
-    parser.add_argument("--frames", type=int, default=60, help="timed frames per stream")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--streams", default="1,4", help="comma-separated concurrent stream counts")
-    parser.add_argument("--window", type=int, default=4, help="in-flight frames per stream")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median throughput)")
-    parser.add_argument("--input", default="jpeg", choices=("jpeg", "raw"))
-    parser.add_argument("--image-encoding", default="jpeg", choices=("raw", "png", "jpeg"))
-    parser.add_argument("--server-processes", type=int, default=1)
-    parser.add_argument("--server-threads", type=int, default=0)
+    parser.add_argument("--frames", type=int, default=defaults.frame_budget, help="timed frames per stream")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup)
+    parser.add_argument("--streams", default=",".join(map(str, defaults.concurrency)),
+                        help="comma-separated concurrent stream counts")
+    parser.add_argument("--window", type=int, default=defaults.window, help="in-flight frames per stream")
+    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="interleaved rounds (median throughput)")
+    parser.add_argument("--input", default=defaults.input, choices=("jpeg", "raw"))
+    parser.add_argument("--image-encoding", default=defaults.image_encoding, choices=("raw", "png", "jpeg"))
+    parser.add_argument("--server-processes", type=int, default=defaults.server_processes)
+    parser.add_argument("--server-threads", type=int, default=defaults.server_threads)
     parser.add_argument("--server-arg", action="append", default=[], help="extra pvae-serve flag (repeatable)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    config = BenchConfig(
-        model=args.model, device=args.device, gpu=args.gpu, frames=args.frames, warmup=args.warmup,
-        streams=tuple(int(s) for s in args.streams.split(",")), window=args.window, rounds=args.rounds,
-        input=args.input,
-        image_encoding=args.image_encoding, server_processes=args.server_processes,
+    config = dataclasses.replace(
+        defaults, model=args.model, device=args.device, gpu=args.gpu, frames=args.frames, warmup=args.warmup,
+        concurrency=tuple(int(s) for s in args.streams.split(",")), window=args.window, rounds=args.rounds,
+        input=args.input, image_encoding=args.image_encoding, server_processes=args.server_processes,
         server_threads=args.server_threads, extra_server_args=tuple(args.server_arg))
     return config, args.json
 

@@ -262,14 +262,14 @@ class AsyncClient(_Base):
     def stream(self, frames: Iterable[FrameLike] | AsyncIterable[FrameLike], *, window: int | None = None,
                policy: Policy = "block", options: EncodeOptions | None = None, start_sequence: int = 0,
                keep_inputs: bool = False, timeout: float | None = None,
-               stats: StreamStats | None = None) -> AsyncFrameStream:
+               stats: StreamStats | None = None, decode: bool = True) -> AsyncFrameStream:
         """Stream frames (arguments as ``Client.stream``); the call opens on the first ``__anext__``.
 
             >>> async for result in client.stream(frames, window=4):
             ...     ...
         """
         settings = StreamSettings(window, policy)
-        book = StreamBook(self.factory, settings, options, self.address, start_sequence, keep_inputs, stats)
+        book = StreamBook(self.factory, settings, options, self.address, start_sequence, keep_inputs, stats, decode)
         return AsyncFrameStream(self, frames, settings, book, timeout)
 
     async def close(self) -> None:

@@ -310,7 +310,7 @@ class Client(_Base):
 
     def stream(self, frames: Iterable[FrameLike], *, window: int | None = None, policy: Policy = "block",
                options: EncodeOptions | None = None, start_sequence: int = 0, keep_inputs: bool = False,
-               timeout: float | None = None, stats: StreamStats | None = None) -> FrameStream:
+               timeout: float | None = None, stats: StreamStats | None = None, decode: bool = True) -> FrameStream:
         """Stream frames; the results come back in order (see :class:`FrameStream`).
 
         Args:
@@ -324,11 +324,13 @@ class Client(_Base):
             keep_inputs: attach each numpy input frame to its result (``FrameResult.input``).
             timeout: deadline of the whole stream in seconds (None: none).
             stats: a StreamStats to update (default: a fresh one, ``FrameStream.stats``).
+            decode: decode the outputs into arrays (default); False leaves them in
+                ``FrameResult.message``, for callers that forward, store or only count them.
         """
         settings = StreamSettings(window, policy)
         self._ensure_ready()
         gate = self._gate_size(settings, self.info())
-        book = StreamBook(self.factory, settings, options, self.address, start_sequence, keep_inputs, stats)
+        book = StreamBook(self.factory, settings, options, self.address, start_sequence, keep_inputs, stats, decode)
         return FrameStream(self, frames, book, gate, timeout)
 
     # ------------------------------------------------------------------ lifetime

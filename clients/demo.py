@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import cv2
 
-from pvae.cli import run_cli
+from pvae.cli import free_port, run_cli
 from pvae.errors import DataError
 
 from . import cli
@@ -53,13 +52,6 @@ POLL_S = 1.0
 SERVE_ENTRY = "import sys; from pvae.serving.server import main; sys.exit(main(sys.argv[1:]))"
 #: Log lines shown when the server fails to start.
 LOG_TAIL_LINES = 20
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port that is free right now on ``host`` (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -138,7 +130,7 @@ def run_demo(model: str | None = None, frames: int = DEFAULT_FRAMES, out: Path =
              still: Path | None = None, timeout_s: float = DEFAULT_TIMEOUT_S, fps: float | None = None) -> int:
     """Run the demo (see the module docstring); returns the client's exit status."""
     started = time.monotonic()
-    port = free_port()
+    port = free_port(HOST)
     print(f"{PROG}: serving {'the model ' + model if model is not None else 'the bundled default model (pvae/models)'}",
           flush=True)
     with running_server(model, port, out.parent / "server.log", timeout_s) as address:

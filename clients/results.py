@@ -138,6 +138,8 @@ class FrameResult:
     """Serialized size of the response message."""
     input: np.ndarray | None = field(default=None, repr=False)
     """The frame as it was given to ``stream`` (only with ``keep_inputs=True``)."""
+    message: pb.EncodeResult | None = field(default=None, repr=False)
+    """The result message as it came off the wire, arrays not decoded (only with ``decode=False``)."""
 
     @property
     def ok(self) -> bool:
@@ -217,13 +219,27 @@ def _stats(message: pb.FrameStats) -> FrameStats:
 
 def decode_result(message: pb.EncodeResult, sequence: int = 0, dropped_count: int = 0,
                   dropped_sequences: tuple[int, ...] = (), latency_seconds: float | None = None,
-                  response_bytes: int = 0, input_frame: np.ndarray | None = None) -> FrameResult:
-    """One ``pvae.v1.EncodeResult`` as a :class:`FrameResult` (ProtocolError if malformed)."""
+                  response_bytes: int = 0, input_frame: np.ndarray | None = None,
+                  arrays: bool = True) -> FrameResult:
+    """One ``pvae.v1.EncodeResult`` as a :class:`FrameResult` (ProtocolError if malformed).
+
+    With ``arrays=False`` only the shape, seed and statistics are read; the outputs stay in the
+    message (``FrameResult.message``), undecoded: for callers that forward, store or count bytes.
+    """
     n_patches, n_latents = message.n_patches, message.n_latents
     is_frame = message.grid_rows > 0
     if is_frame and message.grid_rows * message.grid_cols != n_patches:
         raise ProtocolError(f"malformed response: grid {message.grid_rows} x {message.grid_cols} "
                             f"!= n_patches {n_patches}")
+    if not arrays:
+        has_counts = message.WhichOneof("counts") is not None
+        return FrameResult(
+            sequence=sequence, height=message.height, width=message.width, grid_rows=message.grid_rows,
+            grid_cols=message.grid_cols, n_patches=n_patches, n_latents=n_latents,
+            seed=int(message.seed) if has_counts or message.HasField("stats") else None,
+            stats=_stats(message.stats) if message.HasField("stats") else None, dropped_count=dropped_count,
+            dropped_sequences=dropped_sequences, latency_seconds=latency_seconds, response_bytes=response_bytes,
+            input=input_frame, message=message)
     shape = (message.grid_rows, message.grid_cols, n_latents) if is_frame else (n_patches, n_latents)
     if message.float_format not in FLOAT_DTYPES:
         raise ProtocolError(f"malformed response: unknown float_format {message.float_format}")

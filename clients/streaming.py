@@ -102,7 +102,7 @@ class StreamBook:
 
     def __init__(self, factory: RequestFactory, settings: StreamSettings, options: EncodeOptions | None = None,
                  address: str = "", start_sequence: int = 0, keep_inputs: bool = False,
-                 stats: StreamStats | None = None) -> None:
+                 stats: StreamStats | None = None, decode: bool = True) -> None:
         if not 0 <= start_sequence <= MAX_SEQUENCE:
             raise ConfigError(f"start_sequence: must be in [0, 2^64 - 1], got {start_sequence}")
         self.factory = factory
@@ -110,6 +110,7 @@ class StreamBook:
         self.options = options or factory.options
         self.address = address
         self.keep_inputs = keep_inputs
+        self.decode = decode
         self.stats = stats if stats is not None else StreamStats()
         self._started = False
         self._next_sequence = start_sequence
@@ -151,7 +152,7 @@ class StreamBook:
         size = response.ByteSize()
         if outcome == "result":
             result = decode_result(response.result, response.sequence, int(response.dropped_count), dropped,
-                                   latency, size, frame)
+                                   latency, size, frame, arrays=self.decode)
         else:
             error = None
             if outcome == "error":

@@ -14,7 +14,6 @@ import pytest
 
 from pvae.bench.load import (
     BenchConfig,
-    _Tickets,
     format_report,
     main,
     parse_size,
@@ -24,6 +23,7 @@ from pvae.bench.load import (
     write_csv,
     write_plots,
 )
+from pvae.bench.loadgen import Tickets
 from pvae.bundle import Bundle
 from pvae.errors import ConfigError
 from pvae.serving.config import ServeConfig
@@ -87,18 +87,18 @@ def test_stage_split_is_delta_sum_over_delta_count() -> None:
 
 
 def test_tickets_budget_and_pacing() -> None:
-    async def take_all(tickets: _Tickets) -> list[int]:
+    async def take_all(tickets: Tickets) -> list[int]:
         taken = []
         while (index := await tickets.take()) is not None:
             taken.append(index)
         return taken
 
-    assert asyncio.run(take_all(_Tickets(5, None, None))) == [0, 1, 2, 3, 4]
-    paced = _Tickets(5, None, 50.0)
+    assert asyncio.run(take_all(Tickets(5, None, None))) == [0, 1, 2, 3, 4]
+    paced = Tickets(5, None, 50.0)
     assert asyncio.run(take_all(paced)) == [0, 1, 2, 3, 4]
     # frame 4's slot is 4 / 50 s after the start: pacing can only make the run longer, never shorter
     assert time.perf_counter() - paced.started >= 4 / 50.0
-    timed = _Tickets(None, 0.05, 50.0)  # a deadline ends a paced level too
+    timed = Tickets(None, 0.05, 50.0)  # a deadline ends a paced level too
     assert len(asyncio.run(take_all(timed))) <= 3
 
 # ----------------------------------------------------------------------------- against a server

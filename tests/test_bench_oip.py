@@ -42,6 +42,7 @@ from pvae.bench.oip import (
     warning_lines,
     write_input_json,
 )
+from pvae.cli import free_port
 from pvae.errors import ConfigError
 from pvae.inference import model_config_pb2 as mc
 
@@ -340,7 +341,7 @@ def floor_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``python -m pvae.bench.oip_floor`` for the bundled model (K=512), as pvae-bench-oip runs it; on
     teardown, SIGTERM must stop it cleanly, and it must have printed nothing."""
     log = tmp_path_factory.mktemp("floor") / "floor.log"
-    port = bench_oip._free_port()
+    port = free_port()
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "pvae.bench.oip_floor", "--port", str(port)],
                                    stdout=out, stderr=subprocess.STDOUT)

@@ -45,6 +45,7 @@ from pvae.clients import (
 )
 from pvae.clients.errors import FrameError
 from pvae.clients.render import LABEL_BAR_HEIGHT
+from pvae.clients.results import decode_result
 from pvae.errors import ConfigError
 from pvae.serving.config import ServeConfig
 from pvae.serving.inprocess import InProcessServer
@@ -186,6 +187,23 @@ def test_a_bad_frame_fails_in_band_and_the_stream_goes_on(client: Client) -> Non
     assert [r.ok for r in results] == [True, True, False, True, True]
     error = results[2].error
     assert isinstance(error, FrameError) and error.code.name == "INVALID_ARGUMENT" and error.sequence == 2
+
+
+def test_a_stream_without_decoding_keeps_each_result_message(client: Client) -> None:
+    options = EncodeOptions(outputs=("rates", "counts", "reconstruction", "stats"), seed=7,
+                            image_encoding="png")
+    decoded = list(client.stream(_frames(3), options=options))
+    undecoded = list(client.stream(_frames(3), options=options, decode=False))
+    for full, light in zip(decoded, undecoded, strict=True):
+        assert light.message is not None and full.message is None
+        assert light.rates is None and light.counts is None and light.reconstruction is None
+        assert (light.sequence, light.seed, light.grid_rows, light.grid_cols, light.n_latents) == (
+            full.sequence, full.seed, full.grid_rows, full.grid_cols, full.n_latents)
+        assert light.stats is not None and full.stats is not None and light.response_bytes > 0
+        assert light.stats.total_spikes == full.stats.total_spikes  # the timings differ from call to call
+        again = decode_result(light.message, light.sequence)
+        for name in ("rates", "counts", "reconstruction"):
+            np.testing.assert_array_equal(getattr(again, name), getattr(full, name))
 
 
 def test_a_window_above_the_servers_limit_is_refused_before_streaming(client: Client) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -26,6 +25,7 @@ import pytest
 
 from pvae.bench.load import BenchConfig, run_bench
 from pvae.bundle import Bundle
+from pvae.cli import free_port
 from pvae.serving.config import ServeConfig
 from pvae.serving.inprocess import InProcessServer
 from pvae.v1 import pvae_pb2 as pb
@@ -107,12 +107,6 @@ needs_prometheus = pytest.mark.skipif(prometheus_binary is None or promtool_bina
                                       reason="prometheus/promtool not installed (scripts/setup.sh installs them)")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PrometheusAPI:
     """The bits of Prometheus's HTTP API the test uses."""
 
@@ -166,7 +160,7 @@ def prometheus(serving: InProcessServer, tmp_path: Path) -> Iterator[PrometheusA
     text = text.replace("- pvae-rules.yml", f"- {RULES}")
     config = tmp_path / "prometheus.yml"
     config.write_text(text)
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
         [prometheus_binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
