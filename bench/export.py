@@ -40,10 +40,10 @@ from pvae.export.verify import natural_images, sample_patches
 from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
 from pvae.training.data import PatchConfig
 
-__all__ = ["Timing", "main", "measure_pair", "time_call"]
+__all__ = ["Timing", "main", "measure_pair"]
 
 PROG = "pvae-bench-export"
-#: The issue's batch sizes: one patch, a small batch, one VGA frame (40 x 30 patches), four frames.
+#: Batch sizes: one patch, a small batch, one VGA frame (40 x 30 patches), four frames.
 DEFAULT_BATCHES = (1, 64, 1200, 4800)
 #: Patches in one 640x480 frame, the size the sampler is compared at.
 VGA_PATCHES = 1200
@@ -74,13 +74,6 @@ def _round(fn: Callable[[], object], round_seconds: float) -> tuple[float, int]:
         elapsed = time.perf_counter() - start
         if elapsed >= round_seconds:
             return elapsed / calls, calls
-
-
-def time_call(
-    fn: Callable[[], object], rounds: int = DEFAULT_ROUNDS, round_seconds: float = DEFAULT_ROUND_SECONDS
-) -> Timing:
-    """Median per-call time of ``fn`` over ``rounds`` rounds (after a warm-up)."""
-    return measure_pair({"only": fn}, rounds, round_seconds)["only"]
 
 
 def measure_pair(

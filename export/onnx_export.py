@@ -39,7 +39,6 @@ __all__ = [
     "GraphIO",
     "check_opset",
     "export_graphs",
-    "graph_io",
     "save_graph",
 ]
 
@@ -79,11 +78,6 @@ GRAPH_IO: dict[str, GraphIO] = {
     ),
     "rates_fp16": GraphIO(("patches",), ("log_rates", "rates")),
 }
-
-
-def graph_io(name: str) -> GraphIO:
-    """The I/O names of bundle graph ``name``."""
-    return GRAPH_IO[name]
 
 
 def check_opset(opset: int, min_opset: int = MIN_OPSET) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("onnxruntime")  # the [cpu] or [gpu] extra
 pytest.importorskip("scipy")
@@ -12,9 +13,9 @@ pytest.importorskip("scipy")
 import onnxruntime as ort
 from scipy import stats
 
-from pvae.export.bench_sampler import build_rate_path_model, realistic_rates
 from pvae.export.sampler import (
     COUNTS_OUTPUT,
+    DEFAULT_OPSET,
     DERIVATION_KEY_A,
     DERIVATION_KEY_B,
     MAX_RATE,
@@ -33,6 +34,70 @@ Z_TOLERANCE = 5.0  # tolerances are 5 standard errors
 MIN_P_VALUE = 1e-4  # goodness-of-fit threshold (fixed seeds: the test is deterministic)
 MIN_EXPECTED_PER_BIN = 5.0  # chi-square bins are merged until each expects >= 5 counts
 SAMPLES = 200_000  # samples per rate in the statistical tests
+
+# A linear P-VAE rate path with random weights, to append the sampler to: x (N, 256) @ W (256, K), then
+# log dr = sc_10(u), log lambda = sc_5.3(log r + log dr), lambda = exp(log lambda) + 1.19e-7, where
+# sc_c(v) = c - softplus(c - v) is the model's soft upper clamp.
+PATCH_PIXELS = 256  # D: a 16x16 patch
+RATE_EPSILON = 1.19e-7  # added to exp(log lambda) so that no rate is exactly 0
+MODULATION_CLAMP = 10.0  # log dr = sc_10(u)
+RATE_CLAMP = 5.3  # log lambda = sc_5.3(...)
+LOG_PRIOR_RANGE = (-6.0, -4.0)  # log r init for linear decoders
+ENCODER_INIT_STD = 0.05  # N(0, 0.05^2) init of the linear encoder
+# Synthetic sparse codes: lognormal rates with median 0.02 and sigma of log 1.5 (mean 0.062, 0.45 % of
+# rates > 1), clipped at 50.
+REALISTIC_MEDIAN = 0.02
+REALISTIC_LOG_STD = 1.5
+REALISTIC_MAX = 50.0
+
+
+def build_rate_path_model(latents: int = 512, seed: int = 0) -> onnx.ModelProto:
+    """x float32 (N, 256) -> rates float32 (N, latents): a linear P-VAE encoder with random weights."""
+    rng = np.random.default_rng(seed)
+    weight = (rng.standard_normal((PATCH_PIXELS, latents)) * ENCODER_INIT_STD).astype(np.float32)
+    log_prior = rng.uniform(*LOG_PRIOR_RANGE, latents).astype(np.float32)
+
+    def const(name: str, value: float | np.ndarray) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+    nodes = [
+        helper.make_node("MatMul", ["x", "weight"], ["u"]),  # (N, K) encoder output
+        helper.make_node("Sub", ["c10", "u"], ["m1"]),  # sc_10(u) = 10 - softplus(10 - u)
+        helper.make_node("Softplus", ["m1"], ["m2"]),
+        helper.make_node("Sub", ["c10", "m2"], ["log_modulation"]),
+        helper.make_node("Add", ["log_prior", "log_modulation"], ["l0"]),
+        helper.make_node("Sub", ["c53", "l0"], ["l1"]),  # sc_5.3(l0)
+        helper.make_node("Softplus", ["l1"], ["l2"]),
+        helper.make_node("Sub", ["c53", "l2"], ["log_rate"]),
+        helper.make_node("Exp", ["log_rate"], ["e"]),
+        helper.make_node("Add", ["e", "eps"], [RATES_INPUT]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "rate_path",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", PATCH_PIXELS])],
+        [helper.make_tensor_value_info(RATES_INPUT, TensorProto.FLOAT, ["N", latents])],
+        [
+            numpy_helper.from_array(weight, "weight"),
+            const("log_prior", log_prior),
+            const("c10", MODULATION_CLAMP),
+            const("c53", RATE_CLAMP),
+            const("eps", RATE_EPSILON),
+        ],
+    )
+    opsets = [helper.make_opsetid("", DEFAULT_OPSET)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="tests.test_sampler_onnx")
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    onnx.checker.check_model(model)
+    return model
+
+
+def realistic_rates(patches: int, latents: int, seed: int = 0) -> np.ndarray:
+    """Synthetic sparse codes: lognormal(median 0.02, sigma of log 1.5), clipped to [1.19e-7, 50]."""
+    rng = np.random.default_rng(seed)
+    log_rates = np.log(REALISTIC_MEDIAN) + REALISTIC_LOG_STD * rng.standard_normal((patches, latents))
+    return np.clip(np.exp(log_rates), RATE_EPSILON, REALISTIC_MAX).astype(np.float32)
+
 
 # ops the CUDA EP implements for the types used here (onnxruntime docs/OperatorKernels.md)
 CUDA_SAFE_OPS = {
