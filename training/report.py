@@ -503,7 +503,8 @@ def _run_image_study(image: ImageStudy, study: ClassificationStudy, cfg: ReportC
             ctx.begin(f"{image.dataset}: {FAMILY_NAMES[family]} K={k} ({study.arch}, {_epochs(image.epochs)})")
             train_cfg = TrainConfig(
                 model=ModelConfig(arch=study.arch, latent=family, n_latents=k, input_shape=data.image_shape,
-                                  conv_channels=study.conv_channels),
+                                  conv_channels=study.conv_channels,
+                                  prior_log_rate_init=study.prior_log_rate_init if family == "poisson" else None),
                 data=image.dataset, epochs=image.epochs, batch_size=image.batch_size, lr=image.lr,
                 weight_decay=image.weight_decay, grad_clip=image.grad_clip, beta=1.0,
                 beta_hold_fraction=image.beta_hold_fraction,
