@@ -4,7 +4,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pvae-installed
 RUNS ?= runs
 
-.PHONY: setup demo test lint typecheck pytest model escape-study report-quick report-cpu bench-train bench-oip clean
+.PHONY: setup demo test lint typecheck pytest bench-tests model escape-study report-quick report-cpu bench-train bench-oip \
+	clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	VENV=$(VENV) scripts/setup.sh
@@ -29,7 +30,12 @@ typecheck: setup
 	$(BIN)/mypy pvae training export serving clients bench
 
 pytest: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not bench"
+
+## bench-tests: the tests that compare throughput or need a quiet machine (pytest marker `bench`):
+## Prometheus's frames/s against the client's, drop_oldest dropping under a slow consumer, perf_analyzer end to end.
+bench-tests: setup
+	$(BIN)/python -m pytest -q -m bench
 
 ## model: retrain the bundled default model (lin|lin, K=512, natural patches), ship it slimmed,
 ## with a prebuilt ONNX bundle so that a torch-free install can serve it.
@@ -62,6 +68,8 @@ report-cpu: setup
 	rm -rf docs/report && mkdir -p docs/report
 	cp $(RUNS)/report-cpu/report.md $(RUNS)/report-cpu/report.json docs/report/
 	cp -r $(RUNS)/report-cpu/figures docs/report/
+	$(BIN)/pvae-report --render $(RUNS)/report-cpu --doc docs/reproduction.md
+	cp $(RUNS)/report-cpu/report.md $(RUNS)/report-cpu/report.json docs/report/
 
 ## bench-train: training throughput, adaptive sampler vs Algorithm 1 as written.
 bench-train: setup

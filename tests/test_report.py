@@ -173,6 +173,25 @@ def test_smoke_report_end_to_end(tmp_path: Path) -> None:
     assert "rendered" in rendered["meta"] and (out / "report.md").is_file()
 
 
+def test_render_writes_the_verdict_table_between_the_markers(tmp_path: Path) -> None:
+    from pvae.training.report_document import VERDICTS_BEGIN, VERDICTS_END, replace_verdict_block
+    from pvae.training.report_verdict import Verdict
+
+    results = {"meta": {"command": "pvae-report --cpu", "commit": "abc1234", "wall_seconds": 600.0, "cpu_count": 2,
+                        "torch_threads": 1, "load_start": 1.0, "load_end": 2.0, "finished": "2026-12-02 09:00 UTC"}}
+    page = f"# title\n\n{VERDICTS_BEGIN}\nold table\n{VERDICTS_END}\n\nafter\n"
+    out = replace_verdict_block(page, results, [Verdict("a claim", "paper 1", "ours 2", True)])
+    assert "old table" not in out and "| a claim | paper 1 | ours 2 | **holds** |" in out
+    assert "at commit abc1234: 10.0 min" in out and out.startswith("# title") and out.endswith("after\n")
+    assert replace_verdict_block(out, results, []).count(VERDICTS_BEGIN) == 1  # idempotent markers
+    with pytest.raises(ValueError, match="no verdict markers"):
+        replace_verdict_block("# no markers\n", results, [])
+    no_markers = tmp_path / "page.md"
+    no_markers.write_text("# no markers\n")
+    assert main(["--render", str(tmp_path), "--doc", str(no_markers)]) == 2
+    assert main(["--cpu", "--doc", str(no_markers)]) == 2  # --doc only with --render
+
+
 def test_render_refuses_a_folder_without_a_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--render", str(tmp_path)]) == 2
     err = capsys.readouterr().err

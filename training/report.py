@@ -54,7 +54,15 @@ from pvae.training.report_config import (
     ReportConfig,
     deviations,
 )
-from pvae.training.report_document import FORMATS, build_document, relative, render
+from pvae.training.report_document import (
+    FORMATS,
+    VERDICTS_BEGIN,
+    VERDICTS_END,
+    build_document,
+    relative,
+    render,
+    replace_verdict_block,
+)
 from pvae.training.report_figures import (
     save_active_latents,
     save_basis_comparison,
@@ -644,9 +652,19 @@ def write_report(results: dict[str, Any], tiles: Mapping[str, np.ndarray], out_d
     return results
 
 
-def render_report(out_dir: Path, fmt: str = "md", log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def render_report(out_dir: Path, fmt: str = "md", log: Callable[[str], None] | None = None,
+                  doc: Path | None = None) -> dict[str, Any]:
     """Recompute the verdicts, figures and document of a finished run from its ``report.json`` and
-    ``bases.npz`` with this version's code, without training anything (``pvae-report --render DIR``)."""
+    ``bases.npz`` with this version's code, without training anything (``pvae-report --render DIR``);
+    with ``doc``, also write the verdict table between the markers of that Markdown page."""
+    page = None
+    if doc is not None:
+        try:
+            page = doc.read_text()
+        except OSError as exc:
+            raise ConfigError(f"--doc: cannot read {doc}: {exc.strerror or exc}") from None
+        if VERDICTS_BEGIN not in page or VERDICTS_END not in page:
+            raise ConfigError(f"--doc: {doc} has no verdict markers ({VERDICTS_BEGIN} ... {VERDICTS_END})")
     path = out_dir / "report.json"
     try:
         results = json.loads(path.read_text())
@@ -665,8 +683,12 @@ def render_report(out_dir: Path, fmt: str = "md", log: Callable[[str], None] | N
                     tiles[name] = arrays[slug(name)]
     results["meta"]["rendered"] = {"pvae_version": __version__, "commit": git_commit(),
                                    "when": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")}
-    return write_report(results, tiles, out_dir, fmt,
-                        log or (lambda line: print(line, file=sys.stderr, flush=True)))
+    results = write_report(results, tiles, out_dir, fmt,
+                           log or (lambda line: print(line, file=sys.stderr, flush=True)))
+    if doc is not None and page is not None:
+        verdicts = compute_verdicts(results)
+        doc.write_text(replace_verdict_block(page, results, verdicts))
+    return results
 
 
 def git_commit() -> str | None:
@@ -701,6 +723,8 @@ def _parser() -> argparse.ArgumentParser:
     budget.add_argument("--render", type=Path, metavar="DIR",
                         help="recompute the verdicts, figures and document of a finished run in DIR from its "
                         "report.json (no training)")
+    p.add_argument("--doc", type=Path, metavar="FILE",
+                   help="with --render: write the verdict table between the verdict markers of this Markdown page")
     p.add_argument("--out", type=Path, help="output folder (default: runs/report-<preset>)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: cpu for --quick/--cpu, "
                    "auto for --full)")
@@ -719,8 +743,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
+    if args.doc is not None and args.render is None:
+        raise ConfigError("--doc: only with --render DIR")
     if args.render is not None:
-        render_report(args.render, fmt=args.format)
+        render_report(args.render, fmt=args.format, doc=args.doc)
         return 0
     name = args.preset or "full"
     preset = PRESETS[name]
