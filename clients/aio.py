@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -28,10 +28,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
-from .channel import DEFAULT_TARGET, LoadBalancing, RetryPolicy, with_token
-from .client import HEALTH_SERVICE, MIN_ATTEMPT_SECONDS, NO_HEALTH, RETRYABLE, _Base
-from .errors import ServerUnavailable, error_from_rpc
-from .frames import DEFAULT_JPEG_QUALITY, ChannelOrder, FrameEncoding, FrameLike
+from .channel import Retry
+from .client import HEALTH_REQUEST, _Base
+from .errors import error_from_rpc
+from .frames import FrameLike
 from .options import EncodeOptions, Policy, StreamSettings
 from .results import FrameResult, ServerInfo, decode_info, decode_result
 from .stats import StreamStats
@@ -155,22 +155,11 @@ class AsyncFrameStream(AsyncIterator[FrameResult]):
         await self.close()
 
 
-class AsyncClient(_Base):
+class AsyncClient(_Base[grpc.aio.Channel]):
     """An asyncio client of a pvae server; arguments as :class:`pvae.clients.Client`."""
 
-    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, *,
-                 credentials: grpc.ChannelCredentials | None = None, metadata: Sequence[tuple[str, str]] = (),
-                 retry: RetryPolicy | None = None, timeout: float | None = None, options: EncodeOptions | None = None,
-                 frame_encoding: FrameEncoding = "raw", channel_order: ChannelOrder = "bgr",
-                 jpeg_quality: int = DEFAULT_JPEG_QUALITY, gray: bool = False,
-                 load_balancing: LoadBalancing = "round_robin",
-                 channel_options: Sequence[tuple[str, Any]] = (), channel: grpc.aio.Channel | None = None,
-                 token: str | None = None) -> None:
-        metadata = with_token(metadata, token)
-        super().__init__(target, credentials, metadata, retry, timeout, options, frame_encoding, channel_order,
-                         jpeg_quality, gray, load_balancing, channel_options)
-        self._owns_channel = channel is None
-        self._channel: grpc.aio.Channel | None = channel
+    def _attach(self, channel: grpc.aio.Channel | None) -> None:
+        self._channel: grpc.aio.Channel | None = channel  # None: dialled on first use, inside the running loop
         self._lock: asyncio.Lock | None = None
 
     def _open(self) -> grpc.aio.Channel:
@@ -184,48 +173,27 @@ class AsyncClient(_Base):
 
     async def _retrying(self, attempt: Callable[[float | None], Awaitable[T]]) -> T:
         """``attempt(deadline)`` with UNAVAILABLE retried for RetryPolicy.timeout_s (as Client)."""
-        started = time.monotonic()
-        backoffs = self.retry.backoffs()
+        retry = Retry(self.retry, self.address)
         while True:
             try:
                 return await attempt(self.timeout)
             except grpc.RpcError as exc:
-                error = error_from_rpc(self.address, exc)
-                if not isinstance(error, ServerUnavailable):
-                    raise error from None
-                remaining = self.retry.timeout_s - (time.monotonic() - started)
-                if remaining <= 0:
-                    raise self._gave_up(error.reason, started) from None
-                await asyncio.sleep(min(next(backoffs), remaining))
+                pause = retry.after_failure(exc)
+            await asyncio.sleep(pause)
 
     async def wait_until_ready(self, timeout: float | None = None) -> None:
         """Wait until the server's health check says SERVING (as ``Client.wait_until_ready``)."""
-        limit = self.retry.timeout_s if timeout is None else timeout
-        started = time.monotonic()
-        backoffs = self.retry.backoffs()
-        health = health_pb2_grpc.HealthStub(self._open())
-        request = health_pb2.HealthCheckRequest(service=HEALTH_SERVICE)
-        while True:
-            remaining = limit - (time.monotonic() - started)
-            try:
-                response = await health.Check(request, timeout=max(remaining, MIN_ATTEMPT_SECONDS),
-                                              metadata=self.metadata)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    self._ready = True
-                    return
-                status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-                last = f"health check says {status} (warming up or draining)"
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() in NO_HEALTH:
-                    self._ready = True
-                    return
-                if exc.code() not in RETRYABLE:
-                    raise error_from_rpc(self.address, exc) from None
-                last = exc.details() or exc.code().name
-            remaining = limit - (time.monotonic() - started)
-            if remaining <= 0:
-                raise self._gave_up(last, started)
-            await asyncio.sleep(min(next(backoffs), remaining))
+        retry = Retry(self.retry, self.address, timeout)
+        while (pause := retry.after_health_check(await self._check_health(retry))) is not None:
+            await asyncio.sleep(pause)
+        self._ready = True
+
+    async def _check_health(self, retry: Retry) -> health_pb2.HealthCheckResponse | grpc.RpcError:
+        try:
+            return await health_pb2_grpc.HealthStub(self._open()).Check(
+                HEALTH_REQUEST, timeout=retry.attempt_timeout(), metadata=self.metadata)
+        except grpc.RpcError as exc:
+            return exc
 
     async def _ensure_ready(self) -> None:
         if not self._ready:

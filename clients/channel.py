@@ -21,15 +21,18 @@ import json
 import os
 import random
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from pvae.errors import ConfigError
+from pvae.v1 import pvae_pb2 as pb
 
-from .errors import ServerUnavailable
+from .errors import ServerUnavailable, error_from_rpc
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -38,6 +41,7 @@ __all__ = [
     "ChannelConfig",
     "LoadBalancing",
     "Metadata",
+    "Retry",
     "RetryPolicy",
     "read_token",
     "tls_credentials",
@@ -62,6 +66,14 @@ LoadBalancing = Literal["round_robin", "pick_first"]
 #: gRPC load-balancing policies a client may ask for.
 LOAD_BALANCING: tuple[LoadBalancing, ...] = get_args(LoadBalancing)
 Metadata = tuple[tuple[str, str], ...]
+#: The health-check entry of the encoder service (pvae-serve reports SERVING only after warm-up).
+HEALTH_SERVICE = pb.DESCRIPTOR.services_by_name["Encoder"].full_name
+#: Codes worth retrying while a server starts: not listening yet, or an attempt timed out.
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+#: Codes meaning "this server has no health service": then readiness is judged by the calls themselves.
+NO_HEALTH = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND)
+#: Shortest deadline given to one readiness attempt, in seconds.
+MIN_ATTEMPT_SECONDS = 0.05
 #: Prefixes of targets that gRPC resolves itself (not plain host:port).
 SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
 
@@ -99,6 +111,68 @@ class RetryPolicy:
         while True:
             yield delay * rng.uniform(1 - self.jitter, 1 + self.jitter)
             delay = min(delay * self.multiplier, self.max_backoff_s)
+
+
+class Retry:
+    """One call (or the wait for readiness) retried under a RetryPolicy, without any I/O: the
+    synchronous and the asyncio client run this same bookkeeping and differ only in how they pause.
+
+        >>> retry = Retry(policy, address)
+        >>> while True:
+        ...     try:
+        ...         return call()
+        ...     except grpc.RpcError as exc:
+        ...         time.sleep(retry.after_failure(exc))     # or: await asyncio.sleep(...)
+    """
+
+    def __init__(self, policy: RetryPolicy, address: str, limit_s: float | None = None) -> None:
+        self.address = address
+        self.limit_s = policy.timeout_s if limit_s is None else limit_s
+        """Give up after this many seconds (the policy's timeout_s unless given)."""
+        self.started = time.monotonic()
+        self._backoffs = policy.backoffs()
+
+    def remaining(self) -> float:
+        """Seconds left before giving up."""
+        return self.limit_s - (time.monotonic() - self.started)
+
+    def attempt_timeout(self) -> float:
+        """The deadline of the next readiness attempt: what is left, but at least MIN_ATTEMPT_SECONDS."""
+        return max(self.remaining(), MIN_ATTEMPT_SECONDS)
+
+    def pause(self, reason: str) -> float:
+        """Seconds to wait before the next attempt after one that failed for ``reason``;
+        ServerUnavailable, naming the reason and the time spent, once the time is up."""
+        remaining = self.remaining()
+        if remaining <= 0:
+            elapsed = time.monotonic() - self.started
+            raise ServerUnavailable(self.address, f"{reason} (gave up after {elapsed:.1f} s)") from None
+        return min(next(self._backoffs), remaining)
+
+    def after_failure(self, exc: grpc.RpcError) -> float:
+        """A failed call: the pause before trying UNAVAILABLE again; any other status is raised as the
+        client's error (RemoteError)."""
+        error = error_from_rpc(self.address, exc)
+        if not isinstance(error, ServerUnavailable):
+            raise error from None
+        return self.pause(error.reason)
+
+    def after_health_check(self, outcome: health_pb2.HealthCheckResponse | grpc.RpcError) -> float | None:
+        """A health check's response or error: None when the server is ready (SERVING, or it has no
+        health service, so the calls themselves will tell), else the pause before checking again.
+        A status that retrying cannot fix is raised as the client's error."""
+        if isinstance(outcome, grpc.RpcError):
+            code = outcome.code() if isinstance(outcome, grpc.Call | grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
+            if code in NO_HEALTH:
+                return None
+            if code not in RETRYABLE:
+                raise error_from_rpc(self.address, outcome) from None
+            details = outcome.details() if isinstance(outcome, grpc.Call | grpc.aio.AioRpcError) else None
+            return self.pause(details or code.name)
+        if outcome.status == health_pb2.HealthCheckResponse.SERVING:
+            return None
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(outcome.status)
+        return self.pause(f"health check says {status} (warming up or draining)")
 
 
 def _split_host_port(target: str) -> tuple[str, str]:

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 import numpy as np
@@ -29,8 +29,8 @@ from pvae.errors import ConfigError
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
-from .channel import DEFAULT_TARGET, ChannelConfig, LoadBalancing, RetryPolicy, with_token
-from .errors import ServerUnavailable, error_from_rpc
+from .channel import DEFAULT_TARGET, HEALTH_SERVICE, ChannelConfig, LoadBalancing, Retry, RetryPolicy, with_token
+from .errors import error_from_rpc
 from .frames import DEFAULT_JPEG_QUALITY, ChannelOrder, FrameEncoding, FrameLike
 from .options import EncodeOptions, Policy, StreamSettings
 from .results import FrameResult, ServerInfo, decode_info, decode_result
@@ -40,32 +40,39 @@ from .streaming import RequestFactory, StreamBook
 __all__ = ["HEALTH_SERVICE", "Client", "FrameStream"]
 
 T = TypeVar("T")
-#: The health-check entry of the encoder service (pvae-serve reports SERVING only after warm-up).
-HEALTH_SERVICE = pb.DESCRIPTOR.services_by_name["Encoder"].full_name
-#: Codes worth retrying while a server starts: not listening yet, or an attempt timed out.
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-#: Codes meaning "this server has no health service": then readiness is judged by the calls themselves.
-NO_HEALTH = (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.NOT_FOUND)
+#: The kind of channel a client holds: grpc.Channel (Client) or grpc.aio.Channel (AsyncClient).
+ChannelT = TypeVar("ChannelT")
 #: How often a blocked stream sender checks whether the stream was cancelled, in seconds.
 GATE_POLL_SECONDS = 0.1
-#: Shortest deadline given to one readiness attempt, in seconds.
-MIN_ATTEMPT_SECONDS = 0.05
+#: The readiness check's request.
+HEALTH_REQUEST = health_pb2.HealthCheckRequest(service=HEALTH_SERVICE)
 
 
-class _Base:
-    """State shared by the synchronous and asyncio clients (no I/O)."""
+class _Base(Generic[ChannelT]):
+    """What the synchronous and asyncio clients share: their arguments (see :class:`Client`) and
+    state, without I/O. Each attaches its kind of channel in ``_attach``."""
 
-    def __init__(self, target: str | Sequence[str], credentials: grpc.ChannelCredentials | None,
-                 metadata: Sequence[tuple[str, str]], retry: RetryPolicy | None, timeout: float | None,
-                 options: EncodeOptions | None, frame_encoding: FrameEncoding, channel_order: ChannelOrder,
-                 jpeg_quality: int, gray: bool, load_balancing: LoadBalancing,
-                 channel_options: Sequence[tuple[str, Any]]) -> None:
-        self.config = ChannelConfig.create(target, credentials, metadata, load_balancing, channel_options)
+    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, *,
+                 credentials: grpc.ChannelCredentials | None = None, metadata: Sequence[tuple[str, str]] = (),
+                 retry: RetryPolicy | None = None, timeout: float | None = None, options: EncodeOptions | None = None,
+                 frame_encoding: FrameEncoding = "raw", channel_order: ChannelOrder = "bgr",
+                 jpeg_quality: int = DEFAULT_JPEG_QUALITY, gray: bool = False,
+                 load_balancing: LoadBalancing = "round_robin",
+                 channel_options: Sequence[tuple[str, Any]] = (), channel: ChannelT | None = None,
+                 token: str | None = None) -> None:
+        self.config = ChannelConfig.create(target, credentials, with_token(metadata, token), load_balancing,
+                                           channel_options)
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self.factory = RequestFactory(options or EncodeOptions(), frame_encoding, channel_order, jpeg_quality, gray)
         self._info: ServerInfo | None = None
         self._ready = False
+        self._owns_channel = channel is None
+        self._attach(channel)
+
+    def _attach(self, channel: ChannelT | None) -> None:
+        """Take ``channel`` (None: the client dials ``config`` itself)."""
+        raise NotImplementedError
 
     @property
     def address(self) -> str:
@@ -88,9 +95,6 @@ class _Base:
         if settings.policy != "block":
             return None
         return settings.window or info.limits.default_window
-
-    def _gave_up(self, last: str, started: float) -> ServerUnavailable:
-        return ServerUnavailable(self.address, f"{last} (gave up after {time.monotonic() - started:.1f} s)")
 
 
 class _Sender:
@@ -188,7 +192,7 @@ class FrameStream(Iterator[FrameResult]):
             self.close()
 
 
-class Client(_Base):
+class Client(_Base[grpc.Channel]):
     """A synchronous client of a pvae server (see the module docstring).
 
     Args:
@@ -212,18 +216,7 @@ class Client(_Base):
             (``pvae.clients.channel.read_token`` finds one in a file or ``$PVAE_TOKEN``).
     """
 
-    def __init__(self, target: str | Sequence[str] = DEFAULT_TARGET, *,
-                 credentials: grpc.ChannelCredentials | None = None, metadata: Sequence[tuple[str, str]] = (),
-                 retry: RetryPolicy | None = None, timeout: float | None = None, options: EncodeOptions | None = None,
-                 frame_encoding: FrameEncoding = "raw", channel_order: ChannelOrder = "bgr",
-                 jpeg_quality: int = DEFAULT_JPEG_QUALITY, gray: bool = False,
-                 load_balancing: LoadBalancing = "round_robin",
-                 channel_options: Sequence[tuple[str, Any]] = (), channel: grpc.Channel | None = None,
-                 token: str | None = None) -> None:
-        metadata = with_token(metadata, token)
-        super().__init__(target, credentials, metadata, retry, timeout, options, frame_encoding, channel_order,
-                         jpeg_quality, gray, load_balancing, channel_options)
-        self._owns_channel = channel is None
+    def _attach(self, channel: grpc.Channel | None) -> None:
         self._channel = channel if channel is not None else self.config.open()
         self._stub = pb_grpc.EncoderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -233,49 +226,27 @@ class Client(_Base):
 
     def _retrying(self, attempt: Callable[[float | None], T]) -> T:
         """Run ``attempt(deadline_seconds)``, retrying UNAVAILABLE with backoff for RetryPolicy.timeout_s."""
-        started = time.monotonic()
-        backoffs = self.retry.backoffs()
+        retry = Retry(self.retry, self.address)
         while True:
             try:
                 return attempt(self.timeout)
             except grpc.RpcError as exc:
-                error = error_from_rpc(self.address, exc)
-                if not isinstance(error, ServerUnavailable):
-                    raise error from None
-                remaining = self.retry.timeout_s - (time.monotonic() - started)
-                if remaining <= 0:
-                    raise self._gave_up(error.reason, started) from None
-                time.sleep(min(next(backoffs), remaining))
+                pause = retry.after_failure(exc)
+            time.sleep(pause)
 
     def wait_until_ready(self, timeout: float | None = None) -> None:
         """Block until the server's health check says SERVING (ServerUnavailable after ``timeout``,
         default ``RetryPolicy.timeout_s``). Called before the first frame; safe to call any time."""
-        limit = self.retry.timeout_s if timeout is None else timeout
-        started = time.monotonic()
-        backoffs = self.retry.backoffs()
-        request = health_pb2.HealthCheckRequest(service=HEALTH_SERVICE)
-        while True:
-            remaining = limit - (time.monotonic() - started)
-            try:
-                response = self._health.Check(request, timeout=max(remaining, MIN_ATTEMPT_SECONDS),
-                                              metadata=self.metadata)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    self._ready = True
-                    return
-                status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-                last = f"health check says {status} (warming up or draining)"
-            except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-                if code in NO_HEALTH:  # no health service: the calls themselves will tell
-                    self._ready = True
-                    return
-                if code not in RETRYABLE:
-                    raise error_from_rpc(self.address, exc) from None
-                last = (exc.details() if isinstance(exc, grpc.Call) else None) or code.name
-            remaining = limit - (time.monotonic() - started)
-            if remaining <= 0:
-                raise self._gave_up(last, started)
-            time.sleep(min(next(backoffs), remaining))
+        retry = Retry(self.retry, self.address, timeout)
+        while (pause := retry.after_health_check(self._check_health(retry))) is not None:
+            time.sleep(pause)
+        self._ready = True
+
+    def _check_health(self, retry: Retry) -> health_pb2.HealthCheckResponse | grpc.RpcError:
+        try:
+            return self._health.Check(HEALTH_REQUEST, timeout=retry.attempt_timeout(), metadata=self.metadata)
+        except grpc.RpcError as exc:
+            return exc
 
     def _ensure_ready(self) -> None:
         if not self._ready:
