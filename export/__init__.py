@@ -9,6 +9,7 @@ The stages, in data-flow order::
     verify.py       torch vs ONNX Runtime vs TorchScript parity; sampler statistics
     exporter.py     export_bundle(): the steps, the manifest, the atomic rename
     triton.py       optional Triton model repository
+    staging.py      build a directory next to its target, then swap it in (bundle and Triton repository)
     cli.py          pvae-export (its benchmark, pvae-bench-export, is pvae.bench.export)
 
     >>> from pvae.export import export_bundle

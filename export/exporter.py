@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import secrets
-import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +32,7 @@ from pvae.errors import BundleError, CheckpointError, ConfigError
 from pvae.export import sampler as sampler_module
 from pvae.export.modules import DISPLAY_OFFSET, DISPLAY_SCALE, build_paths
 from pvae.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, check_opset, export_graphs, save_graph
+from pvae.export.staging import staging_dir, swap_into_place
 from pvae.export.torchscript import SILENCED, save_scripted, script_paths
 from pvae.export.triton import check_triton_target, write_triton_repository
 from pvae.export.verify import verify_bundle
@@ -69,8 +66,6 @@ GRAPH_FILES = {
 }
 TORCHSCRIPT_FILES = {"rates": "rates.ts", "decoder": "decoder.ts", "frame": "frame.ts", "sampler": "sampler.ts"}
 
-#: Attempts at a unique random staging-directory name (collisions of 32 random bits are rare).
-_NAME_ATTEMPTS = 16
 #: The sampler's own minimum opset raises ours if it is newer.
 _MIN_OPSET = max(MIN_OPSET, int(sampler_module.DEFAULT_OPSET))
 
@@ -119,51 +114,6 @@ def _check_target(target: Path) -> None:
     if not _is_replaceable(target):
         kind = "a file" if target.is_file() else "a directory that is not a pvae bundle"
         raise BundleError(f"refusing to overwrite {target}: it is {kind} (choose another -o)")
-
-
-def _fresh_dir(parent: Path, prefix: str) -> Path:
-    """A new uniquely named directory. Not tempfile.mkdtemp: that makes it 0700, and the bundle
-    should get the usual umask-derived permissions of any output directory."""
-    for _ in range(_NAME_ATTEMPTS):
-        path = parent / f"{prefix}{secrets.token_hex(4)}"
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(f"could not create a unique directory {prefix}* in {parent}")
-
-
-@contextmanager
-def _staging_dir(target: Path) -> Iterator[Path]:
-    """A hidden temporary directory next to ``target``, removed on any failure."""
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = _fresh_dir(target.parent, f".{target.name}.partial-")
-    except OSError as exc:
-        raise BundleError(f"cannot write the bundle to {target}: {exc.strerror or exc}") from None
-    try:
-        yield staging
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # after a successful rename it no longer exists
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename staging onto target; an old bundle there is moved aside first and deleted after."""
-    _check_target(target)
-    old: Path | None = None
-    if target.exists():
-        old = _fresh_dir(target.parent, f".{target.name}.old-")
-        os.replace(target, old / "bundle")
-    try:
-        os.replace(staging, target)
-    except OSError as exc:
-        if old is not None:  # put the previous bundle back
-            os.replace(old / "bundle", target)
-        raise BundleError(f"cannot move the bundle into {target}: {exc.strerror or exc}") from None
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -276,7 +226,7 @@ def export_bundle(
     if triton_dir is not None:
         check_triton_target(Path(triton_dir))
 
-    with _staging_dir(target) as staging:
+    with staging_dir(target, "bundle") as staging:
         steps.start("ONNX graphs: rates, decoder, frame" + (", rates_fp16" if fp16 else ""))
         graphs = export_graphs(paths, opset=opset, fp16=fp16)
         for name, graph in graphs.items():
@@ -352,7 +302,8 @@ def export_bundle(
         steps.start("re-read the bundle with the serving loader")
         load_bundle(staging)  # the one loader serving uses: checksums, schema, required graphs
         steps.start(f"move into place: {target}")
-        _move_into_place(staging, target)
+        _check_target(target)  # still absent, empty or a bundle
+        swap_into_place(staging, target, "bundle")
 
     if triton_dir is not None:
         steps.start(f"Triton model repository: {triton_dir}")

@@ -48,8 +48,6 @@ with the ONNX model) have not been run.
 
 from __future__ import annotations
 
-import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +58,7 @@ from google.protobuf.message import DecodeError
 
 from pvae.bundle import Bundle, GraphSpec, TensorSpec, load_bundle
 from pvae.errors import BundleError
+from pvae.export.staging import staging_dir, swap_into_place
 from pvae.inference import model_config_pb2 as mc
 from pvae.preprocess_graph import preprocess_model
 
@@ -345,12 +344,6 @@ def check_triton_target(repo: Path) -> None:
     raise BundleError(f"refusing to overwrite {repo}: not an empty directory or a pvae Triton repository")
 
 
-def _fresh_dir(parent: Path, prefix: str) -> Path:
-    path = parent / f"{prefix}{secrets.token_hex(4)}"
-    path.mkdir()
-    return path
-
-
 def write_triton_repository(bundle_dir: Path, repo: Path) -> Path:
     """Write a Triton repository for a bundle: built in a staging directory next to ``repo`` and renamed
     into place; an earlier pvae repository there is moved aside first and deleted after. Nothing is
@@ -360,42 +353,24 @@ def write_triton_repository(bundle_dir: Path, repo: Path) -> Path:
     configs = {graph: triton_configs(bundle, graph) for graph in TRITON_MODELS}  # every check before any write
     derived = {name: derived_model(bundle, name) for name in DERIVED_MODELS}
     try:
-        repo.parent.mkdir(parents=True, exist_ok=True)
-        staging = _fresh_dir(repo.parent, f".{repo.name}.partial-")
+        with staging_dir(repo, "Triton repository") as staging:
+            (staging / MARKER).write_text(f"written by pvae-export from {bundle.root}\n")
+            for graph, (model_name, _) in TRITON_MODELS.items():
+                model_dir = staging / model_name
+                (model_dir / "1").mkdir(parents=True)
+                shutil.copyfile(bundle.graph_path(graph), model_dir / "1" / "model.onnx")
+                for rel, config in configs[graph].items():
+                    (model_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (model_dir / rel).write_text(_config_text(model_dir / rel, config))
+            for model_name, (model, model_configs) in derived.items():
+                model_dir = staging / model_name
+                (model_dir / "1").mkdir(parents=True)
+                (model_dir / "1" / "model.onnx").write_bytes(model.SerializeToString())
+                for rel, config in model_configs.items():
+                    (model_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (model_dir / rel).write_text(_config_text(model_dir / rel, config))
+            check_triton_target(repo)  # still absent, empty or ours
+            swap_into_place(staging, repo, "Triton repository")
     except OSError as exc:
         raise BundleError(f"cannot write the Triton repository to {repo}: {exc.strerror or exc}") from None
-    try:
-        (staging / MARKER).write_text(f"written by pvae-export from {bundle.root}\n")
-        for graph, (model_name, _) in TRITON_MODELS.items():
-            model_dir = staging / model_name
-            (model_dir / "1").mkdir(parents=True)
-            shutil.copyfile(bundle.graph_path(graph), model_dir / "1" / "model.onnx")
-            for rel, config in configs[graph].items():
-                (model_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                (model_dir / rel).write_text(_config_text(model_dir / rel, config))
-        for model_name, (model, model_configs) in derived.items():
-            model_dir = staging / model_name
-            (model_dir / "1").mkdir(parents=True)
-            (model_dir / "1" / "model.onnx").write_bytes(model.SerializeToString())
-            for rel, config in model_configs.items():
-                (model_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-                (model_dir / rel).write_text(_config_text(model_dir / rel, config))
-        check_triton_target(repo)  # still absent, empty or ours
-        old: Path | None = None
-        if repo.exists():
-            old = _fresh_dir(repo.parent, f".{repo.name}.old-")
-            os.replace(repo, old / "repo")
-        try:
-            os.replace(staging, repo)
-        except OSError as exc:
-            if old is not None:  # put the previous repository back
-                os.replace(old / "repo", repo)
-            raise BundleError(f"cannot move the Triton repository into {repo}: {exc.strerror or exc}") from None
-        finally:
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-    except OSError as exc:
-        raise BundleError(f"cannot write the Triton repository to {repo}: {exc.strerror or exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return repo
