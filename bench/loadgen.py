@@ -23,7 +23,8 @@ import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import grpc
 import numpy as np
@@ -125,6 +126,15 @@ class Tally:
             self.answered += 1
             if result.latency_seconds is not None:
                 self.latencies_s.append(result.latency_seconds)
+
+    def __add__(self, other: Tally) -> Tally:
+        """Both tallies' counts together (counts and bytes summed, statuses merged, lists joined)."""
+        values: dict[str, Any] = {}
+        for item in fields(self):
+            mine, theirs = getattr(self, item.name), getattr(other, item.name)
+            values[item.name] = ({name: mine.get(name, 0) + theirs.get(name, 0) for name in {*mine, *theirs}}
+                                 if isinstance(mine, dict) else mine + theirs)
+        return Tally(**values)
 
     @property
     def failures(self) -> int:

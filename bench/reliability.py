@@ -150,38 +150,62 @@ class LoadResult:
 
     streams: int
     seconds: float = 0.0
-    sent: int = 0
-    answered: int = 0
-    failed: int = 0
-    """Frames answered in-band with an error status."""
-    failed_codes: dict[str, int] = field(default_factory=dict)
-    """In-band error statuses by name."""
-    dropped: int = 0
-    """Frames the server dropped (drop_oldest) and reported."""
-    block_sent: int = 0
-    block_answered: int = 0
-    block_dropped: int = 0
+    block: Tally = field(default_factory=Tally)
+    """The ``block`` streams (closed loop: the server may drop none of their frames)."""
+    live: Tally = field(default_factory=Tally)
+    """The ``drop_oldest`` streams (a live camera's rate: the server drops what it cannot keep up with)."""
     server_dropped: int = 0
     """The server's pvae_dropped_frames_total increase over the run."""
-    stream_errors: list[str] = field(default_factory=list)
-    latencies_s: list[float] = field(default_factory=list)
     rss_start: int = 0
     rss_end: int = 0
 
-    def add(self, tally: Tally, block: bool) -> None:
-        """Count the streams of one window policy."""
-        self.sent += tally.sent
-        self.answered += tally.answered
-        self.failed += tally.failures
-        for name, count in tally.failed.items():
-            self.failed_codes[name] = self.failed_codes.get(name, 0) + count
-        self.dropped += tally.dropped
-        self.stream_errors += tally.stream_errors
-        self.latencies_s += tally.latencies_s
-        if block:
-            self.block_sent += tally.sent
-            self.block_answered += tally.answered
-            self.block_dropped += tally.dropped
+    @property
+    def total(self) -> Tally:
+        """All streams."""
+        return self.block + self.live
+
+    @property
+    def sent(self) -> int:
+        return self.total.sent
+
+    @property
+    def answered(self) -> int:
+        return self.total.answered
+
+    @property
+    def failed(self) -> int:
+        """Frames answered in-band with an error status."""
+        return self.total.failures
+
+    @property
+    def failed_codes(self) -> dict[str, int]:
+        """In-band error statuses by name."""
+        return self.total.failed
+
+    @property
+    def dropped(self) -> int:
+        """Frames the server dropped (drop_oldest) and reported."""
+        return self.total.dropped
+
+    @property
+    def stream_errors(self) -> list[str]:
+        return self.total.stream_errors
+
+    @property
+    def latencies_s(self) -> list[float]:
+        return self.total.latencies_s
+
+    @property
+    def block_sent(self) -> int:
+        return self.block.sent
+
+    @property
+    def block_answered(self) -> int:
+        return self.block.answered
+
+    @property
+    def block_dropped(self) -> int:
+        return self.block.dropped
 
     @property
     def lost(self) -> int:
@@ -195,7 +219,7 @@ class LoadResult:
 
     def percentile_ms(self, q: float) -> float:
         """Latency percentile ``q`` (0..100) in milliseconds, send to answer."""
-        return float(np.percentile(self.latencies_s, q) * 1e3) if self.latencies_s else float("nan")
+        return self.total.percentile_ms(q)
 
 
 async def _load(address: str, streams: int, duration_s: float, max_frames: int | None,
@@ -207,7 +231,6 @@ async def _load(address: str, streams: int, duration_s: float, max_frames: int |
     ``drop_oldest`` and send like a live camera at LIVE_FPS whatever the server manages, so under
     overload the server drops (and reports) their frames.
     """
-    block, live = Tally(), Tally()
     async with AsyncClient(address, credentials=credentials) as client:
         tickets = Tickets(max_frames, duration_s)
         started = time.monotonic()
@@ -216,14 +239,13 @@ async def _load(address: str, streams: int, duration_s: float, max_frames: int |
             height, width = LOAD_SIZES[index % len(LOAD_SIZES)]
             frames = [_frame(height, width, seed) for seed in range(4)]
             closed_loop = index % 2 == 0
-            return stream_frames(client, frames, tickets, block if closed_loop else live, window=LOAD_WINDOW,
+            return stream_frames(client, frames, tickets, result.block if closed_loop else result.live,
+                                 window=LOAD_WINDOW,
                                  policy="block" if closed_loop else "drop_oldest",
                                  pace_fps=None if closed_loop else LIVE_FPS, label=f"stream {index}")
 
         await asyncio.gather(*(one_stream(i) for i in range(streams)))
         result.seconds = time.monotonic() - started
-    result.add(block, block=True)
-    result.add(live, block=False)
 
 
 def run_load(address: str, registry: CollectorRegistry | None = None, streams: int = DEFAULT_STREAMS,

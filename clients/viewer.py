@@ -3,7 +3,8 @@
 ``WebView`` serves, on loopback by default, a page with the live side-by-side picture and live
 stats (fps, latency, sparsity, drops). It runs the standard library's HTTP server in a thread:
 
-    GET /             the page (it polls the two endpoints below)
+    GET /             the page (it polls the two endpoints below; its picture's ``data-rendered``
+                      counts the newer pictures it has shown, ``data-frame`` is the last one's number)
     GET /frame.jpg    the latest picture as JPEG (encoded on request, at most once per picture)
     GET /stats.json   the latest stats (StatsSnapshot fields, plus frame number and state)
     GET /stream.mjpg  the pictures as an MJPEG stream (for VLC, ffplay or an <img> tag)
@@ -69,7 +70,7 @@ PAGE = """<!doctype html>
 </style></head>
 <body>
 <h1>{title}<span id="state"></span></h1>
-<img id="picture" src="frame.jpg" alt="input | reconstruction | spike counts">
+<img id="picture" src="frame.jpg" alt="input | reconstruction | spike counts" data-rendered="0" data-frame="-1">
 <div id="stats">
  <div class="stat"><b id="fps">-</b><span>fps (last 2 s)</span></div>
  <div class="stat"><b id="latency">-</b><span>latency (last 2 s)</span></div>
@@ -88,7 +89,10 @@ function nextFrame() {{
     else setTimeout(nextFrame, {frame_poll});
   }}).catch(() => setTimeout(nextFrame, 1000));
 }}
-img.onload = () => setTimeout(nextFrame, {frame_poll});
+img.onload = () => {{
+  if (shown >= 0) {{ img.dataset.rendered = +img.dataset.rendered + 1; img.dataset.frame = shown; }}
+  setTimeout(nextFrame, {frame_poll});
+}};
 img.onerror = () => setTimeout(nextFrame, 1000);
 const ms = v => v == null ? "-" : (1000 * v).toFixed(1) + " ms";
 function set(id, text) {{ document.getElementById(id).textContent = text; }}

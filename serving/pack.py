@@ -1,14 +1,14 @@
 """Pack model outputs compactly: fp16 rates, sparse or dense uint8 counts, PNG/JPEG images, stats.
 
-Arrays in, bytes out (little-endian, row-major), exactly the layouts that pvae.proto documents; the
-``unpack_*`` inverses are what clients (and the tests) use to read them back.
+Arrays in, bytes out (little-endian, row-major), exactly the layouts that pvae.proto documents
+(``pvae.clients.results`` reads them back).
 
 Spike counts are never silently wrong: the sparse form is exact (counts of 255 or more are
 escaped into ``large_counts``), and the dense uint8 form stores min(count, 255) and reports how
 many entries saturated.
 
     >>> sparse = pack_sparse_counts(counts)                     # counts int32 (N, K)
-    >>> np.array_equal(unpack_sparse_counts(sparse, *counts.shape), counts)
+    >>> len(sparse.counts) == np.count_nonzero(counts)        # one byte per event
     True
 """
 
@@ -34,9 +34,6 @@ __all__ = [
     "pack_dense_counts",
     "pack_floats",
     "pack_sparse_counts",
-    "unpack_dense_counts",
-    "unpack_floats",
-    "unpack_sparse_counts",
 ]
 
 #: The largest uint8: dense counts at or above it are stored as it and flagged (saturated).
@@ -55,11 +52,6 @@ PNG_COMPRESSION = 1
 def pack_floats(values: np.ndarray, fmt: FloatFormat) -> bytes:
     """float32 array -> fp16 or fp32 little-endian bytes (row-major)."""
     return np.ascontiguousarray(values, dtype=FLOAT_DTYPES[fmt]).tobytes()
-
-
-def unpack_floats(data: bytes, fmt: FloatFormat, shape: tuple[int, ...]) -> np.ndarray:
-    """The inverse of :func:`pack_floats`, as float32."""
-    return np.frombuffer(data, dtype=FLOAT_DTYPES[fmt]).astype(np.float32).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -120,29 +112,10 @@ def pack_sparse_counts(counts: np.ndarray, events: CountEvents | None = None) ->
     )
 
 
-def unpack_sparse_counts(packed: SparseCountsPacked, n_patches: int, n_latents: int) -> np.ndarray:
-    """Sparse events -> dense int32 (N, K) counts (the exact inverse of :func:`pack_sparse_counts`)."""
-    offsets = np.frombuffer(packed.patch_offsets, dtype=OFFSET_DTYPE)
-    latents = np.frombuffer(packed.latents, dtype=LATENT_DTYPE).astype(np.int64)
-    values = np.frombuffer(packed.counts, dtype=np.uint8).astype(np.int32)
-    if offsets.shape != (n_patches + 1,) or latents.shape != values.shape or offsets[-1] != len(values):
-        raise InputError("sparse counts: inconsistent patch_offsets, latents and counts lengths")
-    values[values == U8_SATURATED] = np.asarray(packed.large_counts, dtype=np.int32)
-    rows = np.repeat(np.arange(n_patches), np.diff(offsets).astype(np.int64))
-    dense = np.zeros((n_patches, n_latents), dtype=np.int32)
-    dense[rows, latents] = values
-    return dense
-
-
 def pack_dense_counts(counts: np.ndarray) -> DenseCountsPacked:
     """int (N, K) counts -> uint8 with saturation at 255 (flagged, never wrapped)."""
     saturated = int(np.count_nonzero(counts >= U8_SATURATED))
     return DenseCountsPacked(np.minimum(counts, U8_SATURATED).astype(np.uint8).tobytes(), saturated)
-
-
-def unpack_dense_counts(packed: DenseCountsPacked, n_patches: int, n_latents: int) -> np.ndarray:
-    """Dense uint8 counts -> int32 (N, K) (saturated entries read 255)."""
-    return np.frombuffer(packed.counts, dtype=np.uint8).astype(np.int32).reshape(n_patches, n_latents)
 
 
 def encode_image(image: np.ndarray, encoding: ImageEncoding, jpeg_quality: int) -> bytes:
@@ -167,7 +140,7 @@ class FrameStatistics:
     active_fraction: float
     """Fraction of (patch, latent) entries with a count >= 1."""
     population_sparsity: float
-    """Mean over patches of the Treves-Rolls sparsity of the patch's K counts (pvae-model.md)."""
+    """Mean over patches of the Treves-Rolls sparsity of the patch's K counts (the P-VAE paper's metric)."""
     mean_rate: float
     """Mean of the rates."""
 
@@ -176,7 +149,7 @@ def frame_statistics(counts: np.ndarray, rates: np.ndarray, events: CountEvents 
     """Statistics of (N, K) counts and rates.
 
     Population sparsity per patch is S = (1 - (sum z)^2 / (K sum z^2)) / (1 - 1/K); a patch with
-    no spike counts as S = 1 (pvae-model.md, "Metrics"). Computed from the events, so it costs
+    no spike counts as S = 1 (the P-VAE paper's convention). Computed from the events, so it costs
     O(spikes), not O(N K).
     """
     n_patches, n_latents = counts.shape

@@ -7,7 +7,6 @@ import csv
 import json
 import math
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,6 @@ from pvae.bench.load import (
 from pvae.bench.loadgen import Tickets
 from pvae.bundle import Bundle
 from pvae.errors import ConfigError
-from pvae.serving.config import ServeConfig
 from pvae.serving.inprocess import InProcessServer
 
 #: Small frames keep the tiny model fast: (height, width), 3 x 4 patches of 16 pixels.
@@ -34,11 +32,8 @@ HEIGHT, WIDTH = 48, 64
 SIZE_FLAG = f"{WIDTH}x{HEIGHT}"
 
 
-@pytest.fixture(scope="module")
-def server(tiny_bundle: Bundle) -> Iterator[InProcessServer]:
-    config = ServeConfig(port=0, metrics_port=0, warmup_sizes=((HEIGHT, WIDTH),))
-    with InProcessServer(config, bundle=tiny_bundle) as running:
-        yield running
+#: The module's server (conftest) serves metrics, warmed up for the frame size of the tests.
+SERVER_CONFIG = {"metrics_port": 0, "warmup_sizes": ((HEIGHT, WIDTH),)}
 
 
 def _metrics_url(server: InProcessServer) -> str:

@@ -280,7 +280,7 @@ def _floor_row(rps: float = 197.0, p50: float = 3.8) -> dict[str, Any]:
 
 
 def test_report_with_a_transport_floor_row() -> None:
-    """Figures of the issue: in-process p50 5.5 ms, streaming p50 12.4 ms, floor p50 3.8 ms."""
+    """Figures of a measured run: in-process p50 5.5 ms, streaming p50 12.4 ms, floor p50 3.8 ms."""
     figures = _figures(stream_rps=76.0, stream_p99=24.8, base_rps=183.0, floor=_floor_row())
     figures["in_process"]["p50_ms"] = 5.5
     lines = format_report(figures).splitlines()
@@ -526,6 +526,7 @@ def _e2e_skip_reason() -> str | None:
 
 
 @pytest.mark.slow
+@pytest.mark.bench  # perf_analyzer waits for windows that agree within 10 %: throughput on a quiet machine
 @pytest.mark.skipif(_e2e_skip_reason() is not None, reason=str(_e2e_skip_reason()))
 def test_end_to_end_perf_analyzer_against_pvae_serve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The real thing, with 1-s windows: install (or reuse) perf_analyzer, serve, measure, report."""

@@ -8,7 +8,7 @@ Each scenario ends with a recovery check: the server is idle again and serves a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -24,24 +24,15 @@ from pvae.bench.reliability import (
     sigterm_with_streams_in_flight,
 )
 from pvae.bundle import Bundle
-from pvae.serving.engine import DevicePlan, Engine
+from pvae.serving.engine import Engine
 from pvae.serving.inprocess import InProcessServer
 
 #: Drain grace of the SIGTERM scenario, seconds (short: the test waits for it at most).
 SIGTERM_GRACE_S = 3.0
 
 
-@pytest.fixture(scope="module")
-def server(tiny_bundle: Bundle) -> Iterator[InProcessServer]:
-    config = reliability_config(max_window=8)
-    with InProcessServer(config, engine=Engine(tiny_bundle, DevicePlan("cpu")), auth_tokens=()) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def channel(server: InProcessServer) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.address) as open_channel:
-        yield open_channel
+#: The module's server (conftest): the reliability harness's, with a window cap of 8.
+SERVER_CONFIG = reliability_config(max_window=8)
 
 
 @pytest.mark.parametrize("scenario", fault_scenarios, ids=[s.__name__ for s in fault_scenarios])
@@ -79,10 +70,10 @@ def test_corrupt_bundle_at_start_is_a_clear_error_and_exit_2(tiny_bundle: Bundle
     assert "checksum mismatch for frame.onnx" in outcome.detail
 
 
-def test_a_second_server_on_either_busy_port_is_refused_in_one_line(tiny_bundle: Bundle) -> None:
-    """The reliability report's port-conflict checks (issue 17 items 1 and 2), against a running server."""
+def test_a_second_server_on_either_busy_port_is_refused_in_one_line(tiny_bundle: Bundle, engine: Engine) -> None:
+    """The reliability report's port-conflict checks, against a running server."""
     config = reliability_config(metrics_port=0)
-    with InProcessServer(config, engine=Engine(tiny_bundle, DevicePlan("cpu")), auth_tokens=()) as first:
+    with InProcessServer(config, engine=engine, auth_tokens=()) as first:
         assert first.running is not None and first.running.metrics_port is not None
         outcomes = port_conflicts(tiny_bundle.root, first.port, first.running.metrics_port)
         with grpc.insecure_channel(first.address) as channel:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import struct
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 import cv2
@@ -22,11 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pvae.bundle import Bundle
 from pvae.errors import InputError
-from pvae.serving.config import ServeConfig
 from pvae.serving.decode import ChannelOrder, FrameLimits, decode_encoded, decode_raw, read_image_header
-from pvae.serving.engine import DevicePlan, Engine
 from pvae.serving.inprocess import InProcessServer
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
@@ -131,20 +127,10 @@ def test_absurd_headers_are_refused_before_decoding() -> None:
 # ----------------------------------------------------------------------------- through the server
 
 
-@pytest.fixture(scope="module")
-def server(tiny_bundle: Bundle) -> Iterator[InProcessServer]:
-    config = ServeConfig(port=0, metrics_port=None, device="cpu", warmup_sizes=(), max_batch_delay_s=0.001,
-                         max_frame_height=LIMITS.max_height, max_frame_width=LIMITS.max_width,
-                         max_frame_pixels=LIMITS.max_pixels, max_frame_bytes=LIMITS.max_bytes,
-                         max_receive_message_bytes=1_000_000, max_patches=512, drain_grace_s=1.0)
-    with InProcessServer(config, engine=Engine(tiny_bundle, DevicePlan("cpu")), auth_tokens=()) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def channel(server: InProcessServer) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", -1)]) as open_channel:
-        yield open_channel
+#: The module's server (conftest): the frame limits above, small messages and patch batches.
+SERVER_CONFIG: dict[str, Any] = {"max_frame_height": LIMITS.max_height, "max_frame_width": LIMITS.max_width,
+                                 "max_frame_pixels": LIMITS.max_pixels, "max_frame_bytes": LIMITS.max_bytes,
+                                 "max_receive_message_bytes": 1_000_000, "max_patches": 512}
 
 
 def _outcome(call: Any) -> grpc.StatusCode:

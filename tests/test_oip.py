@@ -14,10 +14,10 @@ from typing import Any
 
 import grpc
 import numpy as np
-import onnxruntime as ort
 import pytest
 import tritonclient.grpc as triton
 from google.protobuf import text_format
+from helpers import BundleGraphs, serve_config, unpack_floats
 from tritonclient.utils import InferenceServerException
 
 from pvae.bundle import Bundle
@@ -25,30 +25,11 @@ from pvae.export.sampler import poisson_reference
 from pvae.inference import grpc_service_pb2 as oip
 from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 from pvae.inference import model_config_pb2 as mc
-from pvae.serving.config import ServeConfig
-from pvae.serving.engine import DevicePlan, Engine
+from pvae.serving.engine import Engine
 from pvae.serving.inprocess import InProcessServer
 from pvae.serving.oip import MODEL_NAMES, read_inputs
 
 TIMEOUT_S = 30.0
-
-
-def _config(**overrides: Any) -> ServeConfig:
-    base: dict[str, Any] = {"port": 0, "metrics_port": None, "device": "cpu", "warmup_sizes": (),
-                            "max_batch_delay_s": 0.001, "drain_grace_s": 1.0}
-    base.update(overrides)
-    return ServeConfig(**base)
-
-
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Bundle) -> Engine:
-    return Engine(tiny_bundle, DevicePlan("cpu"))
-
-
-@pytest.fixture(scope="module")
-def server(engine: Engine) -> Iterator[InProcessServer]:
-    with InProcessServer(_config(), engine=engine, auth_tokens=()) as running:
-        yield running
 
 
 @pytest.fixture(scope="module")
@@ -58,33 +39,8 @@ def client(server: InProcessServer) -> Iterator[triton.InferenceServerClient]:
 
 
 @pytest.fixture(scope="module")
-def stub(server: InProcessServer) -> Iterator[oip_grpc.GRPCInferenceServiceStub]:
-    with grpc.insecure_channel(server.address) as channel:
-        yield oip_grpc.GRPCInferenceServiceStub(channel)
-
-
-class Graphs:
-    """The bundle's graphs, run directly: what the service must return."""
-
-    def __init__(self, bundle: Bundle) -> None:
-        self.sessions = {name: ort.InferenceSession(str(bundle.graph_path(name)), providers=["CPUExecutionProvider"])
-                         for name in ("rates", "frame")}
-
-    def rates(self, patches: np.ndarray) -> dict[str, np.ndarray]:
-        session = self.sessions["rates"]
-        names = [o.name for o in session.get_outputs()]
-        return dict(zip(names, session.run(None, {session.get_inputs()[0].name: patches}), strict=True))
-
-    def frame(self, frame: np.ndarray) -> dict[str, np.ndarray]:
-        session = self.sessions["frame"]
-        names = [o.name for o in session.get_outputs()]
-        values = session.run(None, {session.get_inputs()[0].name: frame[None]})
-        return {name: value[0] for name, value in zip(names, values, strict=True)}
-
-
-@pytest.fixture(scope="module")
-def graphs(tiny_bundle: Bundle) -> Graphs:
-    return Graphs(tiny_bundle)
+def stub(channel: grpc.Channel) -> oip_grpc.GRPCInferenceServiceStub:
+    return oip_grpc.GRPCInferenceServiceStub(channel)
 
 
 def _patches(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -182,7 +138,7 @@ def test_model_statistics_count_requests(client: triton.InferenceServerClient, t
 # ----------------------------------------------------------------------------- inference, value by value
 
 
-def test_rates_equal_the_bundle_graph(client: triton.InferenceServerClient, graphs: Graphs,
+def test_rates_equal_the_bundle_graph(client: triton.InferenceServerClient, graphs: BundleGraphs,
                                       tiny_bundle: Bundle) -> None:
     patches = _patches(37, tiny_bundle.patch_size ** 2)
     expected = graphs.rates(patches)
@@ -221,7 +177,7 @@ def test_counts_equal_the_sampler_reference(client: triton.InferenceServerClient
     assert not np.array_equal(again.as_numpy("counts"), counts)
 
 
-def test_frame_gives_rates_counts_and_reconstruction(client: triton.InferenceServerClient, graphs: Graphs,
+def test_frame_gives_rates_counts_and_reconstruction(client: triton.InferenceServerClient, graphs: BundleGraphs,
                                                      tiny_bundle: Bundle) -> None:
     frame = _frame()
     expected = graphs.frame(frame)
@@ -239,7 +195,7 @@ def test_frame_gives_rates_counts_and_reconstruction(client: triton.InferenceSer
 
 
 def test_frame_without_seed_reports_the_seed_it_drew(client: triton.InferenceServerClient,
-                                                     graphs: Graphs) -> None:
+                                                     graphs: BundleGraphs) -> None:
     frame = _frame(32, 32, seed=3)
     result = client.infer("pvae_frame", [_input("frame", frame, "UINT8")],
                           outputs=[triton.InferRequestedOutput("counts")])
@@ -247,7 +203,7 @@ def test_frame_without_seed_reports_the_seed_it_drew(client: triton.InferenceSer
     np.testing.assert_array_equal(result.as_numpy("counts"), poisson_reference(graphs.frame(frame)["rates"], seed))
 
 
-def test_typed_contents_are_accepted(stub: oip_grpc.GRPCInferenceServiceStub, graphs: Graphs,
+def test_typed_contents_are_accepted(stub: oip_grpc.GRPCInferenceServiceStub, graphs: BundleGraphs,
                                      tiny_bundle: Bundle) -> None:
     patches = _patches(3, tiny_bundle.patch_size ** 2)
     request = oip.ModelInferRequest(model_name="pvae_rates", parameters={
@@ -273,7 +229,7 @@ def test_typed_contents_are_accepted(stub: oip_grpc.GRPCInferenceServiceStub, gr
 
 
 def test_stream_infer_answers_in_order_with_in_band_errors(client: triton.InferenceServerClient,
-                                                           graphs: Graphs, tiny_bundle: Bundle) -> None:
+                                                           graphs: BundleGraphs, tiny_bundle: Bundle) -> None:
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     patches = [_patches(4 + i, tiny_bundle.patch_size ** 2, seed=i) for i in range(4)]
     client.start_stream(callback=lambda result, error: answers.put((result, error)))
@@ -304,7 +260,7 @@ def test_stream_infer_answers_in_order_with_in_band_errors(client: triton.Infere
 
 
 def test_streams_count_against_max_streams(engine: Engine, tiny_bundle: Bundle) -> None:
-    with InProcessServer(_config(max_streams=1), engine=engine, auth_tokens=()) as server, \
+    with InProcessServer(serve_config(max_streams=1), engine=engine, auth_tokens=()) as server, \
             grpc.insecure_channel(server.address) as channel:
         stub = oip_grpc.GRPCInferenceServiceStub(channel)
         hold = threading.Event()
@@ -415,7 +371,7 @@ def test_read_inputs_refuses_mixed_and_short_typed_contents(tiny_bundle: Bundle)
 
 
 def test_overload_is_resource_exhausted_and_metrics_are_labelled(engine: Engine, tiny_bundle: Bundle) -> None:
-    with InProcessServer(_config(max_queue_frames=1, max_batch_frames=1, max_batch_delay_s=0.0),
+    with InProcessServer(serve_config(max_queue_frames=1, max_batch_frames=1, max_batch_delay_s=0.0),
                          engine=engine, auth_tokens=()) as server, grpc.insecure_channel(server.address) as channel:
         stub = oip_grpc.GRPCInferenceServiceStub(channel)
         request = _rates_request([2000, tiny_bundle.patch_size ** 2],
@@ -433,7 +389,7 @@ def test_overload_is_resource_exhausted_and_metrics_are_labelled(engine: Engine,
 
 
 def test_warm_up_and_drain_are_unavailable(engine: Engine, tiny_bundle: Bundle) -> None:
-    server = InProcessServer(_config(), engine=engine, auth_tokens=(), warm_up=False).start()
+    server = InProcessServer(serve_config(), engine=engine, auth_tokens=(), warm_up=False).start()
     try:
         with grpc.insecure_channel(server.address) as channel:
             stub = oip_grpc.GRPCInferenceServiceStub(channel)
@@ -469,7 +425,7 @@ def test_malformed_protobuf_is_invalid_argument(server: InProcessServer) -> None
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "not valid protobuf" in details
 
 
-def test_asyncio_client_infers_and_streams(server: InProcessServer, graphs: Graphs, tiny_bundle: Bundle) -> None:
+def test_asyncio_client_infers_and_streams(server: InProcessServer, graphs: BundleGraphs, tiny_bundle: Bundle) -> None:
     """tritonclient.grpc.aio: unary infer and stream_infer over an async request iterator."""
     import asyncio
 
@@ -552,7 +508,7 @@ def _until(stop: threading.Event, request: oip.ModelInferRequest) -> Iterator[oi
 
 def test_an_abrupt_disconnect_mid_stream_is_a_cancelled_stream_not_a_logged_error(
         caplog: pytest.LogCaptureFixture) -> None:
-    """Issue 17 item 4: a client whose connection goes away while ModelStreamInfer sends it a
+    """A client whose connection goes away while ModelStreamInfer sends it a
     response made grpc.aio log ``ExecuteBatchError`` at ERROR with a traceback (about one
     disconnect in three with the bundled model's megabyte responses). It is a cancelled stream,
     as on StreamEncode: nothing at ERROR, no traceback, the stream counted CANCELLED, the server idle."""
@@ -566,7 +522,8 @@ def test_an_abrupt_disconnect_mid_stream_is_a_cancelled_stream_not_a_logged_erro
     request.inputs.add(name="frame", datatype="UINT8", shape=list(frame.shape))
     request.raw_input_contents.append(frame.tobytes())
     big = [("grpc.max_receive_message_length", 64 << 20)]
-    with caplog.at_level("DEBUG"), InProcessServer(_config(), bundle=resolve_bundle(None), auth_tokens=()) as server:
+    default_model = resolve_bundle(None)
+    with caplog.at_level("DEBUG"), InProcessServer(serve_config(), bundle=default_model, auth_tokens=()) as server:
         for _ in range(trials):
             stop = threading.Event()
             doomed = grpc.insecure_channel(server.address, options=big)
@@ -611,13 +568,12 @@ def test_write_responses_turns_a_failed_write_into_a_cancelled_call() -> None:
     assert events == ["write b'first'", "closed"]
 
 
-# ----------------------------------------------------------------------------- pvae_preprocess (issue 17 item 10)
+# ----------------------------------------------------------------------------- pvae_preprocess
 
 
 def _stream_rates(address: str, frame: np.ndarray) -> np.ndarray:
     """The fp32 rates StreamEncode returns for one gray frame (pvae.v1, raw pixels)."""
     from pvae.serving.options import FloatFormat
-    from pvae.serving.pack import unpack_floats
     from pvae.v1 import pvae_pb2 as pb
     from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
@@ -649,7 +605,7 @@ def test_preprocess_then_rates_equals_what_stream_encode_returns(client: triton.
     assert rates.shape == streamed.shape == (rows * cols, tiny_bundle.n_latents)
     np.testing.assert_allclose(rates, streamed, rtol=1e-6, atol=0)
     # and the patches are the frame graph's model-space frame, reflect-padded and tiled row-major
-    pre_frame = Graphs(tiny_bundle).sessions["frame"].run(["preprocessed"], {"frames": frame[None]})[0][0]
+    pre_frame = BundleGraphs(tiny_bundle).frame(frame)["preprocessed"]
     p = tiny_bundle.patch_size
     padded = np.pad(pre_frame, ((0, rows * p - frame.shape[0]), (0, cols * p - frame.shape[1])), mode="reflect")
     tiles = padded.reshape(rows, p, cols, p).transpose(0, 2, 1, 3).reshape(rows * cols, p * p)

@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import serve_config
 
 from pvae.bundle import MANIFEST, Bundle, GraphSpec, load_bundle, sha256_file
 from pvae.clients import AsyncClient, Client, RemoteError
@@ -103,18 +104,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 # ----------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_bundle: Bundle) -> Engine:
-    return Engine(tiny_bundle, DevicePlan("cpu"))
-
-
-def _config(**overrides: Any) -> ServeConfig:
-    base: dict[str, Any] = {"port": 0, "metrics_port": None, "device": "cpu", "warmup_sizes": (),
-                            "max_batch_delay_s": 0.001, "drain_grace_s": 1.0}
-    base.update(overrides)
-    return ServeConfig(**base)
-
-
 def _frame() -> pb.Frame:
     gray = np.random.default_rng(0).integers(0, 256, (32, 48), dtype=np.uint8)
     return pb.Frame(raw=pb.RawFrame(height=32, width=48, channels=1, data=gray.tobytes()))
@@ -138,7 +127,8 @@ def _code(call: Any) -> grpc.StatusCode:
 
 @pytest.fixture(scope="module")
 def mtls_server(pki: Pki, engine: Engine) -> Iterator[InProcessServer]:
-    config = _config(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), tls_ca=str(pki.ca), metrics_port=0)
+    config = serve_config(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), tls_ca=str(pki.ca),
+                          metrics_port=0)
     with InProcessServer(config, engine=engine, auth_tokens=(TOKEN,)) as server:
         yield server
 
@@ -147,7 +137,7 @@ def mtls_server(pki: Pki, engine: Engine) -> Iterator[InProcessServer]:
 
 
 def test_tls_serves_and_refuses_plaintext(pki: Pki, engine: Engine) -> None:
-    config = _config(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
+    config = serve_config(tls_cert=str(pki.server_cert), tls_key=str(pki.server_key))
     with InProcessServer(config, engine=engine, auth_tokens=()) as server:
         assert server.running is not None and server.running.tls
         with grpc.secure_channel(server.address, tls_credentials(str(pki.ca))) as channel:
@@ -266,14 +256,14 @@ def test_tls_config_is_checked_and_missing_files_fail_clearly(tmp_path: Path,
 
 
 def test_plaintext_beyond_loopback_warns(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
-    assert insecure_bind_warning(_config(host="127.0.0.1")) is None
-    assert insecure_bind_warning(_config(host="::1")) is None
-    assert insecure_bind_warning(_config(host="localhost")) is None
-    assert insecure_bind_warning(_config(host="0.0.0.0", tls_cert="c", tls_key="k")) is None
-    assert "without TLS" in (insecure_bind_warning(_config(host="0.0.0.0")) or "")
-    assert "without TLS" in (insecure_bind_warning(_config(host="pvae.example.org")) or "")
+    assert insecure_bind_warning(serve_config(host="127.0.0.1")) is None
+    assert insecure_bind_warning(serve_config(host="::1")) is None
+    assert insecure_bind_warning(serve_config(host="localhost")) is None
+    assert insecure_bind_warning(serve_config(host="0.0.0.0", tls_cert="c", tls_key="k")) is None
+    assert "without TLS" in (insecure_bind_warning(serve_config(host="0.0.0.0")) or "")
+    assert "without TLS" in (insecure_bind_warning(serve_config(host="pvae.example.org")) or "")
     with caplog.at_level(logging.WARNING, logger="pvae.serving"), \
-            InProcessServer(_config(host="0.0.0.0"), engine=engine, auth_tokens=()):
+            InProcessServer(serve_config(host="0.0.0.0"), engine=engine, auth_tokens=()):
         pass
     assert any("without TLS" in r.getMessage() for r in caplog.records)
 
@@ -318,7 +308,7 @@ def test_planted_pickles_in_a_bundle_never_run(tiny_bundle: Bundle, tmp_path: Pa
     manifest["torchscript"] = {**manifest["torchscript"], "pickle": {"file": "model.pkl"}}
     _sign(root, manifest)
     bundle = load_bundle(root)  # JSON and ONNX only: the planted files are never unpickled
-    with InProcessServer(_config(), bundle=bundle, auth_tokens=()) as server, \
+    with InProcessServer(serve_config(), bundle=bundle, auth_tokens=()) as server, \
             grpc.insecure_channel(server.address) as channel:
         assert _encode(channel).result.n_patches > 0
     assert not marker.exists(), "a planted pickle was executed"
@@ -355,7 +345,7 @@ def test_manifest_paths_outside_the_bundle_are_refused(tiny_bundle: Bundle, tmp_
     with pytest.raises(BundleError, match="outside the bundle"):
         check_bundle_confined(bundle)
     with pytest.raises(BundleError, match="outside the bundle"):
-        InProcessServer(_config(), bundle=bundle, auth_tokens=()).start()
+        InProcessServer(serve_config(), bundle=bundle, auth_tokens=()).start()
     assert serve_main(["--model", str(root), "--port", "0", "--metrics-port", "off", "--device", "cpu"]) == 2
     assert "outside the bundle" in capsys.readouterr().err
 

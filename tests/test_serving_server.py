@@ -21,6 +21,7 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from helpers import BundleGraphs, serve_config, unpack_dense_counts, unpack_floats, unpack_sparse_counts
 
 from pvae.bundle import Bundle, load_bundle
 from pvae.errors import BundleError, DeviceError
@@ -29,13 +30,7 @@ from pvae.serving.engine import CUDA_PROVIDER, DevicePlan, Engine, resolve_devic
 from pvae.serving.inprocess import InProcessServer
 from pvae.serving.metrics import PROTOCOLS
 from pvae.serving.options import FloatFormat
-from pvae.serving.pack import (
-    DenseCountsPacked,
-    SparseCountsPacked,
-    unpack_dense_counts,
-    unpack_floats,
-    unpack_sparse_counts,
-)
+from pvae.serving.pack import DenseCountsPacked, SparseCountsPacked
 from pvae.serving.source import resolve_bundle
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
@@ -56,54 +51,20 @@ def serving_bundle(tiny_bundle: Bundle) -> Bundle:
     return tiny_bundle
 
 
-@pytest.fixture(scope="module")
-def engine(serving_bundle: Bundle) -> Engine:
-    return Engine(serving_bundle, DevicePlan("cpu"))
+#: This module's test servers (over helpers.TEST_SERVER): small frame and message limits, a window of 8.
+SETTINGS: dict[str, Any] = {"max_window": 8, "max_frame_height": 512, "max_frame_width": 640,
+                            "max_frame_bytes": 200_000, "max_receive_message_bytes": 1_000_000, "drain_grace_s": 5.0}
+#: The module's shared server (conftest's ``server``) serves metrics too.
+SERVER_CONFIG = {**SETTINGS, "metrics_port": 0}
 
 
 def _config(**overrides: Any) -> ServeConfig:
-    base: dict[str, Any] = {
-        "port": 0, "metrics_port": None, "device": "cpu", "max_window": 8, "max_frame_height": 512,
-        "max_frame_width": 640, "max_frame_bytes": 200_000, "max_receive_message_bytes": 1_000_000,
-        "max_batch_delay_s": 0.001, "drain_grace_s": 5.0, "warmup_sizes": (),
-    }
-    base.update(overrides)
-    return ServeConfig(**base)
+    return serve_config(SETTINGS, **overrides)
 
 
 @pytest.fixture(scope="module")
-def server(engine: Engine) -> Iterator[InProcessServer]:
-    with InProcessServer(_config(metrics_port=0), engine=engine) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def stub(server: InProcessServer) -> Iterator[pb_grpc.EncoderStub]:
-    with grpc.insecure_channel(server.address) as channel:
-        yield pb_grpc.EncoderStub(channel)
-
-
-class Oracle:
-    """The bundle's graphs run directly with ONNX Runtime: what the service must return."""
-
-    def __init__(self, bundle: Bundle) -> None:
-        def session(name: str) -> Any:
-            return ort.InferenceSession(str(bundle.graph_path(name)), providers=["CPUExecutionProvider"])
-
-        self.frame, self.sampler = session("frame"), session("sampler")
-        self.rates, self.decoder = session("rates"), session("decoder")
-
-    def frame_outputs(self, gray: np.ndarray) -> dict[str, np.ndarray]:
-        names = [o.name for o in self.frame.get_outputs()]
-        return {n: v[0] for n, v in zip(names, self.frame.run(None, {"frames": gray[None]}), strict=True)}
-
-    def counts(self, rates: np.ndarray, seed: int) -> np.ndarray:
-        return self.sampler.run(None, {"rates": rates.astype(np.float32), "seed": np.array(seed, np.int64)})[0]
-
-
-@pytest.fixture(scope="module")
-def oracle(serving_bundle: Bundle) -> Oracle:
-    return Oracle(serving_bundle)
+def stub(channel: grpc.Channel) -> pb_grpc.EncoderStub:
+    return pb_grpc.EncoderStub(channel)
 
 
 def _texture(height: int = 160, width: int = 240, seed: int = 0) -> np.ndarray:
@@ -177,7 +138,7 @@ def test_info_describes_the_bundle(stub: pb_grpc.EncoderStub, serving_bundle: Bu
     assert info.limits.max_window == 8 and info.limits.max_frame_bytes == 200_000
 
 
-def test_synthetic_video_round_trip_equals_the_bundle(stub: pb_grpc.EncoderStub, oracle: Oracle,
+def test_synthetic_video_round_trip_equals_the_bundle(stub: pb_grpc.EncoderStub, graphs: BundleGraphs,
                                                       server: InProcessServer) -> None:
     video = synthetic_video(8)
     options = pb.EncodeOptions(outputs=ALL_OUTPUTS, seed=123, float_format=pb.FLOAT_FORMAT_FP32)
@@ -206,14 +167,14 @@ def test_synthetic_video_round_trip_equals_the_bundle(stub: pb_grpc.EncoderStub,
     for t, (gray, response) in enumerate(zip(grays, responses, strict=True)):
         assert response.WhichOneof("outcome") == "result", response.error.message
         result = response.result
-        expected = oracle.frame_outputs(gray)
+        expected = graphs.frame(gray)
         assert (result.height, result.width, result.grid_rows, result.grid_cols) == (HEIGHT, WIDTH, 3, 4)
         rates = floats_of(result.rates, result)
         np.testing.assert_array_equal(rates, expected["rates"])
         np.testing.assert_array_equal(floats_of(result.log_rates, result), expected["log_rates"])
         assert result.seed == 123 + 100 + t
         counts = counts_of(result)
-        np.testing.assert_array_equal(counts, oracle.counts(expected["rates"], result.seed))
+        np.testing.assert_array_equal(counts, graphs.counts(expected["rates"], result.seed))
         assert result.reconstruction.encoding == pb.IMAGE_ENCODING_RAW
         recon = np.frombuffer(result.reconstruction.data, np.uint8).reshape(HEIGHT, WIDTH)
         np.testing.assert_array_equal(recon, expected["reconstruction_u8"])
@@ -229,9 +190,9 @@ def test_synthetic_video_round_trip_equals_the_bundle(stub: pb_grpc.EncoderStub,
     assert sample(server.registry, "pvae_frames_total", rpc="StreamEncode") - frames_before == len(video)
 
 
-def test_default_formats_fp16_rates_sparse_counts_and_png_jpeg(stub: pb_grpc.EncoderStub, oracle: Oracle) -> None:
+def test_default_formats_fp16_rates_sparse_counts_and_png_jpeg(stub: pb_grpc.EncoderStub, graphs: BundleGraphs) -> None:
     image = cv2.cvtColor(synthetic_video(1)[0], cv2.COLOR_BGR2GRAY)
-    expected = oracle.frame_outputs(image)
+    expected = graphs.frame(image)
     result = stub.Encode(pb.EncodeRequest(frame=raw_frame(image), options=pb.EncodeOptions(seed=5))).result
     assert result.float_format == pb.FLOAT_FORMAT_FP16 and result.HasField("sparse_counts")
     assert not result.HasField("reconstruction") and result.HasField("stats") and not result.log_rates
@@ -246,21 +207,23 @@ def test_default_formats_fp16_rates_sparse_counts_and_png_jpeg(stub: pb_grpc.Enc
         else:
             assert np.abs(decoded.astype(int) - expected["reconstruction_u8"]).mean() < 4
         assert result.HasField("dense_counts") and result.dense_counts.saturated == 0
-        np.testing.assert_array_equal(counts_of(result), oracle.counts(expected["rates"], 5))
+        np.testing.assert_array_equal(counts_of(result), graphs.counts(expected["rates"], 5))
 
 
-def test_patch_batches_run_the_rates_decoder_and_sampler_graphs(stub: pb_grpc.EncoderStub, oracle: Oracle) -> None:
+def test_patch_batches_run_the_rates_decoder_and_sampler_graphs(stub: pb_grpc.EncoderStub,
+                                                                graphs: BundleGraphs) -> None:
     patches = np.random.default_rng(3).normal(size=(7, 256)).astype(np.float32)
     options = pb.EncodeOptions(outputs=[pb.OUTPUT_RATES, pb.OUTPUT_COUNTS, pb.OUTPUT_RECONSTRUCTION,
                                         pb.OUTPUT_LOG_RATES], seed=9, float_format=pb.FLOAT_FORMAT_FP32)
     result = stub.Encode(pb.EncodeRequest(patches=pb.Patches(count=7, data=patches.tobytes()), options=options)).result
-    log_rates, rates = oracle.rates.run(None, {"patches": patches})
+    expected = graphs.rates(patches)
+    log_rates, rates = expected["log_rates"], expected["rates"]
     assert result.n_patches == 7 and result.grid_rows == 0 and result.height == 0
     np.testing.assert_array_equal(floats_of(result.rates, result), rates)
     np.testing.assert_array_equal(floats_of(result.log_rates, result), log_rates)
-    np.testing.assert_array_equal(counts_of(result), oracle.counts(rates, 9))
+    np.testing.assert_array_equal(counts_of(result), graphs.counts(rates, 9))
     decoded = np.frombuffer(result.reconstruction_patches, "<f4").reshape(7, 256)
-    np.testing.assert_array_equal(decoded, oracle.decoder.run(None, {"latents": rates})[0])
+    np.testing.assert_array_equal(decoded, graphs.decode(rates))
 
 
 def test_seeds_reproduce_through_the_service(stub: pb_grpc.EncoderStub) -> None:
@@ -713,21 +676,21 @@ def test_cuda_requests_fail_clearly_without_a_gpu() -> None:
     assert resolve_device("auto").kind == "cpu"
 
 
-def test_io_binding_path_gives_the_same_results(serving_bundle: Bundle, oracle: Oracle) -> None:
+def test_io_binding_path_gives_the_same_results(serving_bundle: Bundle, graphs: BundleGraphs) -> None:
     """The CUDA code path (outputs bound, rates sliced in place for the sampler), exercised on CPU."""
     bound = Engine(serving_bundle, DevicePlan("cpu"), io_binding=True)
     frames = np.stack([cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in synthetic_video(3)])
     batch = bound.run_frames(frames, ("rates", "reconstruction_u8"))
     assert batch.device_rates is not None
     for index in range(3):
-        expected = oracle.frame_outputs(frames[index])
+        expected = graphs.frame(frames[index])
         np.testing.assert_array_equal(batch.output("rates", index), expected["rates"])
         np.testing.assert_array_equal(batch.output("reconstruction_u8", index), expected["reconstruction_u8"])
-        np.testing.assert_array_equal(bound.sample(batch, index, 11), oracle.counts(expected["rates"], 11))
+        np.testing.assert_array_equal(bound.sample(batch, index, 11), graphs.counts(expected["rates"], 11))
 
 
 @pytest.mark.gpu
-def test_cuda_engine_matches_cpu(serving_bundle: Bundle, oracle: Oracle) -> None:
+def test_cuda_engine_matches_cpu(serving_bundle: Bundle, graphs: BundleGraphs) -> None:
     if CUDA_PROVIDER not in ort.get_available_providers():
         pytest.skip("no CUDA execution provider (install onnxruntime-gpu)")
     try:
@@ -738,7 +701,7 @@ def test_cuda_engine_matches_cpu(serving_bundle: Bundle, oracle: Oracle) -> None
     frames = np.stack([cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) for image in synthetic_video(2)])
     batch = gpu.run_frames(frames, ("rates",))
     for index in range(2):
-        expected = oracle.frame_outputs(frames[index])
+        expected = graphs.frame(frames[index])
         np.testing.assert_allclose(batch.output("rates", index), expected["rates"], rtol=1e-4, atol=1e-6)
         # counter-based RNG: the same seed gives the same counts on every device (export README)
-        np.testing.assert_array_equal(gpu.sample(batch, index, 3), oracle.counts(batch.output("rates", index), 3))
+        np.testing.assert_array_equal(gpu.sample(batch, index, 3), graphs.counts(batch.output("rates", index), 3))

@@ -7,12 +7,13 @@ import struct
 import threading
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from helpers import unpack_dense_counts, unpack_floats, unpack_sparse_counts
 
 from pvae.errors import ConfigError, InputError
 from pvae.serving.batcher import Batcher
@@ -36,15 +37,14 @@ from pvae.serving.pack import (
     pack_dense_counts,
     pack_floats,
     pack_sparse_counts,
-    unpack_dense_counts,
-    unpack_floats,
-    unpack_sparse_counts,
 )
 from pvae.serving.pipeline import FrameJob, InferredBatch, OutputSpec, PackedResult
 from pvae.serving.server import build_parser, config_from_args
 from pvae.v1 import pvae_pb2 as pb
 
 LIMITS = FrameLimits(max_height=512, max_width=640, max_pixels=640 * 480, max_bytes=1 << 20, min_side=16)
+#: The longest a test waits for an event another thread sets, seconds (it returns as soon as it is set).
+EVENT_TIMEOUT_S = 30.0
 
 
 def _image(height: int = 48, width: int = 64, channels: int = 3, seed: int = 0) -> np.ndarray:
@@ -403,20 +403,45 @@ def test_one_frames_failure_stays_that_frames() -> None:
     assert [o.n_patches for o in (outcomes[0], outcomes[2])] == [1, 2]
 
 
+class _GatedPipeline(_FakePipeline):
+    """Inference signals ``entered`` and then holds until ``release`` is set (threading events: it
+    runs on the batcher's inference thread)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def infer(self, jobs: Sequence[FrameJob]) -> InferredBatch:
+        self.entered.set()
+        assert self.release.wait(EVENT_TIMEOUT_S), "the test never released inference"
+        return super().infer(jobs)
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the event loop until ``condition()`` holds (at most EVENT_TIMEOUT_S)."""
+    deadline = time.monotonic() + EVENT_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0)
+
+
 def test_cancelled_callers_leave_the_queue_at_once() -> None:
     async def scenario() -> tuple[int, int, list[list[tuple[int, int]]]]:
-        pipeline = _FakePipeline(delay=0.2)
+        pipeline = _GatedPipeline()
         batcher = Batcher(pipeline, max_batch=1, max_delay_s=0.0, max_queue=8)  # type: ignore[arg-type]
         await batcher.start()
         first = asyncio.create_task(batcher.submit(_job(1)))
-        await asyncio.sleep(0.05)  # the first is in inference now
+        # the first is in inference now, and stays there until released
+        assert await asyncio.to_thread(pipeline.entered.wait, EVENT_TIMEOUT_S)
         waiting = [asyncio.create_task(batcher.submit(_job(2, (32, 32)))) for _ in range(3)]
-        await asyncio.sleep(0.01)
+        await _until(lambda: batcher.depth == 3, "three callers in the queue")
         depth_before = batcher.depth
         for task in waiting:
             task.cancel()
         await asyncio.gather(*waiting, return_exceptions=True)
         depth_after = batcher.depth
+        pipeline.release.set()
         await first
         await batcher.stop()
         return depth_before, depth_after, pipeline.calls
@@ -431,17 +456,21 @@ def test_serving_never_imports_torch() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import pvae.serving, pvae.serving.server, pvae.bench.serve, pvae.serving.inprocess; "
+    code = ("import sys; import pvae.serving, pvae.serving.server, pvae.bench.serve, pvae.serving.inprocess, "
+            "pvae.serving.source; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 class _OverlapPipeline(_FakePipeline):
-    """Records how many inference calls run at once."""
+    """Records how many inference calls run at once. Each call waits at a barrier for ``workers``
+    calls to be in flight together, so the most that overlap is reached whatever the machine's
+    load (a call that waits in vain breaks the barrier and fails the test)."""
 
-    def __init__(self, delay: float) -> None:
-        super().__init__(delay)
+    def __init__(self, workers: int) -> None:
+        super().__init__()
         self._lock = threading.Lock()
+        self._together = threading.Barrier(workers, timeout=EVENT_TIMEOUT_S)
         self.active = 0
         self.most = 0
 
@@ -450,6 +479,7 @@ class _OverlapPipeline(_FakePipeline):
             self.active += 1
             self.most = max(self.most, self.active)
         try:
+            self._together.wait()
             return super().infer(jobs)
         finally:
             with self._lock:
@@ -459,7 +489,7 @@ class _OverlapPipeline(_FakePipeline):
 @pytest.mark.parametrize("workers", [1, 2, 3])
 def test_inference_workers_bound_the_calls_that_run_at_once(workers: int) -> None:
     async def scenario() -> tuple[list[Any], _OverlapPipeline]:
-        pipeline = _OverlapPipeline(delay=0.05)
+        pipeline = _OverlapPipeline(workers)
         batcher = Batcher(pipeline, max_batch=1, max_delay_s=0.0, max_queue=16,  # type: ignore[arg-type]
                           workers=workers)
         await batcher.start()
