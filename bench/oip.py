@@ -29,7 +29,7 @@ What one run does:
    plus its own overhead, printed next to the in-process p50.
 
 It prints req/s and p50/p90/p99 (ms) of the rows, the ratio of each to the in-process req/s, the
-latency decomposition, and the targets of the issue (streaming c=1: >= 350 req/s with p99 <= 5 ms,
+latency decomposition, and the targets (streaming c=1: >= 350 req/s with p99 <= 5 ms,
 2x Triton 2.51 + ONNX Runtime Python backend's 176 req/s / p99 10 ms, and >= 0.85 of in-process;
 judged on the OIP streaming row, never on the floor).
 Progress goes to stderr, the report to stdout; ``--json`` writes every figure. The client shares
@@ -122,7 +122,7 @@ SERVER_START_TIMEOUT_S = 120.0
 FLOOR_MODULE = "pvae.bench.oip_floor"
 #: Largest relative difference tolerated between the floor's response size and pvae-serve's (same request).
 MAX_RESPONSE_SIZE_DIFFERENCE = 0.01
-#: Targets of the issue (streaming at concurrency 1, 1200x256 inputs, 2-core CPU, client on the same cores).
+#: The OIP targets (streaming at concurrency 1, 1200x256 inputs, 2-core CPU, client on the same cores).
 TARGET_STREAM_RPS = 350.0
 TARGET_STREAM_P99_MS = 5.0
 TRITON_REFERENCE_RPS = 176.0
@@ -168,7 +168,7 @@ class RunSpec:
         return f"{'floor_' if self.floor else ''}{'stream' if self.streaming else 'unary'}_c{self.concurrency}"
 
 
-#: The three measurements of the issue.
+#: The three measurements the targets are set for.
 RUNS = (RunSpec("OIP unary c=1", 1, False), RunSpec("OIP unary c=4", 4, False),
         RunSpec("OIP streaming c=1", 1, True))
 #: The transport floor: the streaming row's flags against a server that computes nothing (not a target row).
@@ -837,7 +837,7 @@ class TargetCheck:
 
 
 def target_checks(baseline: dict[str, Any], oip_rows: Sequence[dict[str, Any]]) -> list[TargetCheck]:
-    """The issue's targets, judged on the streaming c=1 row (and the in-process row for the ratio)."""
+    """The targets, judged on the streaming c=1 row (and the in-process row for the ratio)."""
     stream = next((r for r in oip_rows if r["name"] == RUNS[2].name), None)
     if stream is None:
         return []

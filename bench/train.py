@@ -33,7 +33,7 @@ from typing import Any
 from pvae.cli import run_cli
 from pvae.errors import PVAEError
 
-#: The paper's patch run: 3000 epochs of 80k training patches (pvae-model.md).
+#: The paper's patch run: 3000 epochs of 80k training patches.
 PAPER_EPOCHS, PAPER_TRAIN_PATCHES = 3000, 80_000
 #: The authors' reported wall time for that run, in seconds (about 1 h 52 min).
 PAPER_SECONDS = 112 * 60

@@ -188,7 +188,7 @@ class FramePreprocess(nn.Module):
 
 
 class RatePath(nn.Module):
-    """The deterministic rate path x -> (log lambda, lambda) of a P-VAE (pvae-model.md).
+    """The deterministic rate path x -> (log lambda, lambda) of a P-VAE (the paper's encoder and clamps).
 
     patches float32 (N, D) -> log_rates (N, K), rates (N, K):
     log dr = sc_c1(enc(x)); log lambda = sc_c2(log r + log dr); lambda = exp(log lambda) + floor.

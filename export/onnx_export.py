@@ -5,7 +5,7 @@ operator registry and runs its decompositions on every call, a fixed cost of sev
 small CPU. So the three deterministic paths (and the optional fp16 rate path) are exported together
 as one :class:`CombinedPaths` module with one input per path, and each graph is then cut out of the
 combined model with ``onnx.utils.Extractor`` and its tensors renamed to the bundle's names. That
-keeps ``pvae-export`` in the "seconds" range the issue asks for (one export instead of three).
+keeps ``pvae-export`` in the range of seconds (one export instead of three).
 
     >>> graphs = export_graphs(paths, opset=18)          # {"rates": ModelProto, "decoder": ..., "frame": ...}
     >>> save_graph(graphs["rates"], bundle_dir / "rates.onnx")

@@ -1,8 +1,8 @@
 """Exact Poisson spike counts as a standard-ops ONNX graph, seeded per request.
 
 The sampler turns rates ``lambda`` (float32, shape ``(N, K)``, N and K dynamic) and a seed (int64 scalar)
-into counts ``z ~ Poisson(lambda)`` (int32, same shape). It uses only standard ``ai.onnx`` ops (design B of
-``docs/sampler.md``), so one ``.onnx`` file runs on any ONNX Runtime host. :func:`poisson_reference` is the
+into counts ``z ~ Poisson(lambda)`` (int32, same shape). It uses only standard ``ai.onnx`` ops (no custom
+operator), so one ``.onnx`` file runs on any ONNX Runtime host. :func:`poisson_reference` is the
 same algorithm in numpy, bit for bit, and serves as the test oracle.
 
 Generator
@@ -66,11 +66,11 @@ Cost model
 Dense part: 20 uint64 ops on N*K/4 words, ~7 float32/uint32 passes over N*K elements and one
 compaction (``Compress``) over N*K. Candidate part: proportional to the number of candidates
 M ~ sum(min(lambda, 1)) + N*K/256. Inversion Loop: ceil(max count / inversion_block) iterations (4 for
-the benchmark's sparse codes, at most 10 for rates < 10). PTRS Loop: until every proposal is accepted;
+sparse codes like the model's, at most 10 for rates < 10). PTRS Loop: until every proposal is accepted;
 a round accepts with probability alpha (0.75 at rate 10, 0.86 at 200), so about
 1 + ln(#large) / ln(1 / (1 - alpha)) iterations (7 for 614,400 elements at rate 200). On CUDA every
 compaction (``Compress``) and every Loop condition is a device-to-host sync: 4 before the Loops, 2 per
-inversion iteration and 3 per PTRS iteration (18 for the benchmark's sparse codes, 25 at rate 200).
+inversion iteration and 3 per PTRS iteration (18 for sparse codes like the model's, 25 at rate 200).
 
 Usage::
 

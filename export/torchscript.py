@@ -2,7 +2,7 @@
 
 torch 2.13 deprecates TorchScript: every ``torch.jit.script``/``trace``/``save``/``load`` call warns
 ``DeprecationWarning: `torch.jit.<fn>` is deprecated. Please switch to ...``. The bundle still ships
-TorchScript because the issue asks for it (hosts with libtorch but no ONNX Runtime), so every jit
+TorchScript for hosts with libtorch but no ONNX Runtime, so every jit
 call here runs inside :func:`torchscript_deprecation_silenced`, which ignores exactly that message
 and category (nothing else) and counts what it swallowed so the CLI can say so in its summary.
 

@@ -10,7 +10,7 @@ max |reference| (a norm-wise relative error: element-wise ratios blow up where l
 Gates (the export fails, and nothing reaches the final path, when one is exceeded):
 
 - rate path log-rates on natural held-out patches, ONNX and TorchScript vs torch:
-  ``LOG_RATE_TOLERANCE`` (1e-5, the issue's); on stress patches ``STRESS_LOG_RATE_TOLERANCE``;
+  ``LOG_RATE_TOLERANCE`` (1e-5); on stress patches ``STRESS_LOG_RATE_TOLERANCE``;
 - frame path log-rates vs ``VAE.encode`` of the tiles of the graph's *own* preprocessed output:
   ``LOG_RATE_TOLERANCE`` too (this isolates tiling and the rate path from preprocessing round-off);
 - frame ``preprocessed`` vs the float64 ``preprocess_image``: ``PREPROCESS_TOLERANCE`` (float32
@@ -59,7 +59,7 @@ __all__ = [
     "verify_bundle",
 ]
 
-#: The issue's gate: log-rates of every format within 1e-5 (absolute, fp32) of torch.
+#: The parity gate: log-rates of every format within 1e-5 (absolute, fp32) of torch.
 LOG_RATE_TOLERANCE = 1e-5
 #: Frame preprocessing vs the float64 reference. The graph runs two 15x15/13x13 float32 correlations
 #: and whole-frame float32 means; z-scored values reach ~10, so ~1e-5 absolute is float32 round-off.
@@ -75,7 +75,7 @@ STRESS_LOG_RATE_TOLERANCE = 1e-4
 FP16_LOG_RATE_TOLERANCE = 5e-2
 #: uint8 display views may differ by one level where a value sits on a rounding boundary.
 U8_TOLERANCE = 1
-#: Rates at which the sampler is checked against Poisson (the issue's 1e-3 .. 150, and the clamp ~200).
+#: Rates at which the sampler is checked against Poisson (1e-3 .. 150, and the model's clamp ~200).
 SAMPLER_RATES = (1e-3, 0.1, 1.0, 5.0, 20.0, 150.0, 200.0)
 #: Draws per rate for the sampler statistics.
 SAMPLER_DRAWS = 20_000

@@ -48,13 +48,13 @@ __all__ = [
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
-#: Output names of the frame graph that the server uses (pvae.bundle docstring; issue 3).
+#: Output names of the frame graph that the server uses (see the pvae.bundle docstring).
 FRAME_INPUT = "frames"
 FRAME_OUTPUTS = ("preprocessed", "log_rates", "rates", "reconstruction", "preprocessed_u8", "reconstruction_u8")
 #: Where NVIDIA's kernel driver lists GPUs; used by ``--device auto`` to look for one without CUDA.
 NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 #: Smallest side of the warm-up frame when the manifest has no frame policy (one 16-pixel patch
-#: per side; pvae-model.md).
+#: per side, the P-VAE's patch).
 WARMUP_SIDE = 16
 
 Kind = Literal["cpu", "cuda"]

@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 __all__ = ["BATCH_BUCKETS", "PROTOCOLS", "STAGES", "STAGE_BUCKETS", "Metrics", "rpc_labels"]
 
-#: Stage latency buckets, seconds: 25 µs .. 1 s in 1-2.5-5 steps (issue 4, "Metrics").
+#: Stage latency buckets, seconds: 25 µs .. 1 s in 1-2.5-5 steps (sub-millisecond stages to whole frames).
 STAGE_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25,
                  0.5, 1.0)
 #: Batch-size buckets, frames: powers of two up to the largest sensible max_batch_frames.

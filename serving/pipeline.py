@@ -1,6 +1,6 @@
 """The compute pipeline: decoded frames (or patches) in, packed results out. No gRPC here.
 
-One frame's journey through it (architecture.md): a batch of equal-size frames runs through the
+One frame's journey through it: a batch of equal-size frames runs through the
 frame graph at once (``infer``); then each frame, on its own (``finish``), draws its spike counts
 with its own seed and is packed: fp16 rates, sparse or dense counts, PNG/JPEG/raw images, stats.
 Per-frame sampling keeps a frame's counts a function of its rates and seed alone, whatever batch

@@ -1,4 +1,4 @@
-"""The dependency direction of architecture.md, read statically from the source (no imports run).
+"""The packages' dependency direction, read statically from the source (no imports run).
 
     pvae core  <-  training  <-  export
     serving    reads bundles only: no training, export or client imports, and no torch

@@ -1,4 +1,4 @@
-"""Every command in the docs' shell blocks is checked against the real CLI, so the docs cannot drift (issue 17 item 8).
+"""Every command in the docs' shell blocks is checked against the real CLI, so the docs cannot drift.
 
 The README's Deploy example once read ``pvae-client --server X stream video.mp4``, which the CLI rejects.
 Now every Markdown file of the repository (README.md, the folders' README.md files, docs/**) is read,

@@ -1,4 +1,4 @@
-"""Metric definitions (pvae-model.md, "Metrics") against hand-computed cases."""
+"""Metric definitions (the P-VAE paper's metrics) against hand-computed cases."""
 
 from __future__ import annotations
 

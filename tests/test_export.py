@@ -41,7 +41,7 @@ from pvae.training.config import ModelConfig, TrainConfig
 from pvae.training.data import PatchConfig, preprocess_image
 from pvae.training.model import VAE
 
-#: The issue's parity gate for log-rates (fp32).
+#: The parity gate for log-rates (fp32).
 LOG_RATE_TOL = 1e-5
 #: Frame preprocessing vs float64 preprocess_image (float32 convolutions in the graph).
 PREPROCESS_TOL = 1e-4

@@ -25,7 +25,7 @@ def expected_relaxed_mean(rate: float, temperature: float) -> float:
 
 
 def test_n_exp_matches_paper_start() -> None:
-    # pvae-model.md: 263 is the (1 - 1e-5) quantile of Poisson(200).
+    # 263 is the (1 - 1e-5) quantile of Poisson(200).
     assert n_exp_for_rate(200.0) == 263
     assert n_exp_for_rate(1e-3) >= 1
 
@@ -37,7 +37,7 @@ def test_relaxed_moments_at_low_temperature(rate: float) -> None:
     z = relaxed_poisson(torch.full((n,), rate), 0.05, N_EXP, gen)
     mean, var = z.mean().item(), z.var().item()
     se = math.sqrt(rate / n)
-    # The table in pvae-model.md: within 1% of lambda; we also hold it to 5 standard errors.
+    # The model's accuracy target: within 1% of lambda; we also hold it to 5 standard errors.
     assert abs(mean - rate) < 0.01 * rate
     assert abs(mean - expected_relaxed_mean(rate, 0.05)) < 5 * se
     # Variance is a little below lambda (soft indicators shave the extremes).

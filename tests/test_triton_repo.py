@@ -36,14 +36,14 @@ from pvae.export.triton import (
 )
 from pvae.inference import model_config_pb2
 
-#: The repository layout the issue asks for: model -> (bundle graph, max_batch_size).
+#: The repository layout: model -> (bundle graph, max_batch_size).
 EXPECTED_MODELS = {
     "pvae_rates": ("rates", 4800),
     "pvae_decoder": ("decoder", 4800),
     "pvae_frame": ("frame", 8),
     "pvae_sampler": ("sampler", 0),
 }
-#: Models made from a bundle graph (issue 17 item 10): model -> (source graph, max_batch_size).
+#: Models made from a bundle graph: model -> (source graph, max_batch_size).
 EXPECTED_DERIVED = {"pvae_preprocess": ("frame", 8)}
 ALL_MODELS = {**EXPECTED_MODELS, **EXPECTED_DERIVED}
 #: ONNX elem_type -> Triton data type name (Triton's model-configuration datatype table).
