@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -283,8 +284,11 @@ def test_dockerfile_entrypoint_flags_exist(flavour: str) -> None:
     assert text.count("FROM ") >= 2, "multi-stage"
     assert "USER 10001" in text, "non-root"
     assert "default_bundle" in text, "the default model ships in the image"
-    # The build copies every folder that pyproject.toml maps to a package.
-    for folder in ("pvae", "training", "export", "serving", "clients", "protos"):
+    # The build copies every folder that pyproject.toml maps to a package (pip install fails without one).
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    folders = {Path(folder).parts[0] for folder in package_dirs.values()}
+    assert {"pvae", "training", "export", "serving", "clients", "protos"} <= folders
+    for folder in sorted(folders):
         assert f"COPY {folder} ./{folder}" in text, folder
 
 
