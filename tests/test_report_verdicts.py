@@ -100,6 +100,11 @@ def test_trend_test_and_beta_verdict() -> None:
     flat = _sweep(tuple((b, m, 0.95) for b, m, _ in PAPER_SWEEP), jitter=5.0)
     broken = verdict_beta_tradeoff(_results(sweep=flat))
     assert broken.holds is False and "lifetime sparsity trend includes 0" in broken.reason
+    # Consistent but weak: sparsity rises only at the top of the sweep (rho 0.2 with a CI above 0).
+    weak_points = ((0.01, 3.35, 0.86), (0.2, 28.7, 0.80), (0.4, 52.3, 0.797), (0.6, 72.2, 0.798), (0.8, 88.6, 0.803),
+                   (1.0, 102.4, 0.807), (1.5, 130.9, 0.816), (4.0, 234.5, 0.837))
+    weak = verdict_beta_tradeoff(_results(sweep=_sweep(weak_points)))
+    assert weak.holds is False and "lifetime sparsity trend is weak" in weak.reason
     two = verdict_beta_tradeoff(_results(sweep=_sweep(PAPER_SWEEP[:2])))
     assert two.status == "not measured"
 
