@@ -195,6 +195,19 @@ def test_eval_scores_held_out_photos_against_the_all_zeros_predictor(tiny_checkp
     assert "noise.png-bw" in out and "mse_map / all-zeros" in out
 
 
+def test_eval_counts_active_latents_next_to_an_untrained_model(tiny_checkpoint: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from pvae.training.evaluate import main as eval_main
+
+    assert eval_main([str(tiny_checkpoint), "--active", "--json", "--device", "cpu", "--max-samples", "300"]) == 0
+    active = json.loads(capsys.readouterr().out)["active"]
+    assert set(active["fractions"]) == set(active["untrained_fractions"]) >= {"usage_mean", "usage", "table2"}
+    assert all(0.0 <= v <= 1.0 for v in active["fractions"].values() if v is not None)
+    assert active["untrained_fractions"]["usage_mean"] <= 0.05  # the control: an untrained model uses ~none
+    assert eval_main([str(tiny_checkpoint), "--active", "--device", "cpu", "--max-samples", "300"]) == 0
+    assert "active (usage_mean)" in capsys.readouterr().out
+
+
 @pytest.mark.slow  # two benchmark subprocesses and a 160-step real run: ~30 s of CPU
 def test_bench_train_reports_a_real_run_next_to_the_micro_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     from pvae.bench.train import main as bench_main

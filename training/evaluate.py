@@ -148,6 +148,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gabor", action="store_true",
                    help="also fit a 2-D Gabor to every active basis vector (linear decoders; ~20 s for K=512) and "
                         "report the Gabor-like fraction (R^2 >= 0.5, narrow envelope; training/gabor.py)")
+    p.add_argument("--active", action="store_true",
+                   help="also count active latents by every criterion (usage with mean and zero ablation, the paper's "
+                        "Table 2 and Figure 5 rules; training/active_latents.py), next to an untrained model of the "
+                        "same configuration")
     p.add_argument("--data", help="evaluate on this dataset instead of the checkpoint's own (natural patches are "
                    "then sampled with the default patch count, so every checkpoint sees the same ones)")
     return p
@@ -155,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def evaluate_checkpoint(path: str | Path | None, device: str = "auto", max_samples: int = 20_000,
                         seed: int = 0, data: str | None = None, photos: str | None = None,
-                        gabor: bool = False) -> dict[str, Any]:
+                        gabor: bool = False, active: bool = False) -> dict[str, Any]:
     from pvae.errors import ConfigError
     from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
     from pvae.training.config import TrainConfig
@@ -188,6 +192,11 @@ def evaluate_checkpoint(path: str | Path | None, device: str = "auto", max_sampl
     report["metrics"] = evaluate_model(model, val, seed=seed)
     if gabor:
         report["gabor"] = _gabor_summary(model, val)
+    if active:
+        from pvae.training.active_latents import active_latent_summary
+
+        summary = active_latent_summary(model, val.to(dev), seed=seed)
+        report["active"] = {"fractions": summary["fractions"], "untrained_fractions": summary["untrained_fractions"]}
     if photos is not None:
         report["photos"] = _photo_scores(model, stored, None if photos == "held-out" else photos)
     labels = dataset.val_labels
@@ -231,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     report = evaluate_checkpoint(args.checkpoint, args.device, args.max_samples, args.seed, args.data, args.photos,
-                                 args.gabor)
+                                 args.gabor, args.active)
     text = json.dumps(report, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -247,6 +256,12 @@ def _main(argv: Sequence[str] | None) -> int:
             g = report["gabor"]
             print(f"  gabor-like fraction      {g['fraction_gabor_like']:.3f} of {g['n_active']} active basis vectors "
                   f"(median R^2 {g['median_r2']:.3f})")
+        if "active" in report:
+            a = report["active"]
+            for key, value in a["fractions"].items():
+                untrained = a["untrained_fractions"].get(key)
+                print(f"  active ({key}){'':{max(0, 15 - len(key))}s} " + ("—" if value is None else f"{value:.3f}")
+                      + ("" if untrained is None else f"   (untrained: {untrained:.3f})"))
         if "photos" in report:
             print(f"  photos ({report['photos']['source']}): mse_map / all-zeros per photo")
             for name, score in report["photos"]["per_photo"].items():
