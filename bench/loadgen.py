@@ -33,7 +33,7 @@ from pvae.clients import AsyncClient, ClientError, EncodeOptions, FrameResult, R
 from pvae.clients.options import Policy
 from pvae.v1 import pvae_pb2 as pb
 
-__all__ = ["Tally", "Tickets", "frame_source", "stream_frames"]
+__all__ = ["Tally", "Tickets", "frame_source", "status_name", "stream_frames"]
 
 
 class Tickets:
