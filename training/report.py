@@ -611,6 +611,7 @@ def run_report(cfg: ReportConfig, out_dir: Path, fmt: str = "md", progress: bool
     if log is not None:
         ctx.log = log
     load_start = os.getloadavg()[0]
+    commit = git_commit()  # the code that runs: read at the start, not after hours of edits to the tree
     ctx.log(f"pvae-report {__version__}: mode {cfg.mode} on {device}, {torch.get_num_threads()} torch thread(s), "
             f"load average {load_start:.1f} -> {out_dir}")
     results: dict[str, Any] = {"config": cfg.to_dict(), "deviations": deviations(cfg)}
@@ -626,7 +627,7 @@ def run_report(cfg: ReportConfig, out_dir: Path, fmt: str = "md", progress: bool
     results["meta"] = {
         "command": command, "mode": cfg.mode, "device": str(device), "cpu_count": os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__, "pvae_version": __version__,
-        "commit": git_commit(), "load_start": load_start, "load_end": os.getloadavg()[0],
+        "commit": commit, "load_start": load_start, "load_end": os.getloadavg()[0],
         "wall_seconds": time.perf_counter() - ctx.started,
         "finished": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
