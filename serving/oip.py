@@ -52,7 +52,8 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -254,16 +255,25 @@ def _tensor_error(kind: str, name: str, problem: str) -> InputError:
     return InputError(f"{kind} '{name}': {problem}")
 
 
+E = TypeVar("E", bound=Enum)
+
+
+def _string_parameter(parameters: Any, name: str, choices: type[E], default: E) -> E:
+    """The string request parameter ``name`` as a member of ``choices`` (``default`` when absent); InputError,
+    naming the allowed strings, on another value."""
+    if name not in parameters:
+        return default
+    value = parameters[name].string_param.lower()
+    try:
+        return choices(value)
+    except ValueError:
+        allowed = " or ".join(f'"{c.value}"' for c in choices)
+        raise InputError(f"parameter '{name}': must be the string {allowed}, got {value!r}") from None
+
+
 def float_format(parameters: Any) -> FloatFormat:
     """The request parameter ``float_format`` (FP16 when absent); InputError on another value."""
-    if FLOAT_FORMAT_PARAMETER not in parameters:
-        return FloatFormat.FP16
-    value = parameters[FLOAT_FORMAT_PARAMETER].string_param.lower()
-    try:
-        return FloatFormat(value)
-    except ValueError:
-        raise InputError(f"parameter '{FLOAT_FORMAT_PARAMETER}': must be the string \"fp16\" or \"fp32\", "
-                         f"got {value!r}") from None
+    return _string_parameter(parameters, FLOAT_FORMAT_PARAMETER, FloatFormat, FloatFormat.FP16)
 
 
 def requested_outputs(request: oip.ModelInferRequest, model: ModelSpec) -> list[TensorSpec]:
@@ -362,14 +372,7 @@ def read_inputs(request: oip.ModelInferRequest, model: ModelSpec, max_bytes: int
 
 def channel_order(parameters: Any) -> ChannelOrder:
     """The request parameter ``channel_order`` (BGR when absent, as in pvae.v1); InputError on another value."""
-    if CHANNEL_ORDER_PARAMETER not in parameters:
-        return ChannelOrder.BGR
-    value = parameters[CHANNEL_ORDER_PARAMETER].string_param.lower()
-    try:
-        return ChannelOrder(value)
-    except ValueError:
-        raise InputError(f"parameter '{CHANNEL_ORDER_PARAMETER}': must be the string \"bgr\" or \"rgb\", "
-                         f"got {value!r}") from None
+    return _string_parameter(parameters, CHANNEL_ORDER_PARAMETER, ChannelOrder, ChannelOrder.BGR)
 
 
 def gray_frame(frame: np.ndarray, order: ChannelOrder) -> np.ndarray:
