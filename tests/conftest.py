@@ -39,6 +39,20 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Small models and matmuls in long loops on a shared CPU: one torch and BLAS thread avoids
+    spin-waiting (restored afterwards). Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):  # numpy/scipy BLAS as well
+        yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_run: Path) -> Path:
     return tiny_run / "best.pt"

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from pvae.training.active_latents import (
     CATEGORICAL_DEAD_NORM,
@@ -26,15 +24,7 @@ from pvae.training.config import ModelConfig
 from pvae.training.data import PatchConfig, load_dataset
 from pvae.training.model import VAE, loss_terms
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small models on a shared CPU: one thread avoids spin-waiting (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from pvae.errors import ConfigError
 from pvae.training.config import ModelConfig, TrainConfig
@@ -28,15 +26,7 @@ from pvae.training.report_document import Block, build_document, render_html, re
 from pvae.training.report_verdict import compute_verdicts
 from pvae.training.shattering import balanced_splits, shattering_dimensionality
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small models on a shared CPU: one thread avoids spin-waiting (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # numpy/scipy BLAS as well
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- shattering

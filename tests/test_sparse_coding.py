@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from pvae.errors import ConfigError
 from pvae.training.sparse_coding import (
@@ -23,14 +20,7 @@ from pvae.training.sparse_coding import (
 D, K, ACTIVE = 32, 64, 3
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Small matmuls in long loops: one thread avoids spin-waiting on a shared CPU (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):  # numpy/scipy BLAS as well
-        yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(n: int, seed: int, nonnegative: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
