@@ -11,7 +11,7 @@ from pvae.clients.cli import main as client_main
 from pvae.export.cli import main as export_main
 from pvae.serving.server import main as serve_main
 from pvae.training.evaluate import main as eval_main
-from pvae.training.report import main as report_main
+from pvae.training.study.report import main as report_main
 from pvae.training.train import main as train_main
 
 CASES: list[tuple[str, Callable[[Sequence[str] | None], int], list[str], str]] = [

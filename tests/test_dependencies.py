@@ -1,6 +1,7 @@
 """The packages' dependency direction, read statically from the source (no imports run).
 
     pvae core  <-  training  <-  export
+    training's flow  <-  its paper study (pvae.training.study): the flow never imports the study
     serving    reads bundles only: no training, export or client imports, and no torch
     clients    speak only the contract: the pvae.v1 / pvae.inference stubs and the core's errors and CLI plumbing
     bench      may import anything; nothing imports bench
@@ -37,6 +38,8 @@ CONTRACT = ("pvae.v1", "pvae.inference")
 #: The core modules a client may use: the package itself (its version and error names), the error
 #: tree and the console-script plumbing. Not the bundle reader: a client knows the wire, not the model.
 CLIENT_CORE = ("pvae", "pvae.errors", "pvae.cli")
+#: The paper study inside training: it may import the training flow, the flow never imports it.
+STUDY = "pvae.training.study"
 
 
 @dataclass(frozen=True)
@@ -140,9 +143,12 @@ RULES: dict[str, tuple[tuple[str, ...] | None, Callable[[str], bool]]] = {
     "training does not import export, serving or clients": (
         ("pvae.training",), _any_of("pvae.export", "pvae.serving", "pvae.clients")),
     "export does not import serving or clients": (("pvae.export",), _any_of("pvae.serving", "pvae.clients")),
+    "training's flow does not import its paper study": (("pvae.training",), _any_of(STUDY)),
     "the stubs import nothing of the product": (
         CONTRACT, lambda target: _within(target, "pvae") and not _any_of(*CONTRACT)(target)),
 }
+#: Parts of a source package that a rule leaves out: the study's own modules import each other.
+EXEMPT: dict[str, tuple[str, ...]] = {"training's flow does not import its paper study": (STUDY,)}
 
 
 def violations(rule: str, imports: list[Import]) -> list[str]:
@@ -152,6 +158,8 @@ def violations(rule: str, imports: list[Import]) -> list[str]:
     for imp in imports:
         package = package_of(imp.module)
         if package == "pvae.bench" or (sources is not None and package not in sources):
+            continue
+        if any(_within(imp.module, part) for part in EXEMPT.get(rule, ())):
             continue
         offenders += [f"{imp} ({target})" for target in _targets(imp) if breaks(target)]
     return offenders
@@ -166,6 +174,7 @@ def test_the_scan_sees_the_code() -> None:
     assert ("pvae.serving.server", "pvae.serving.config") in pairs
     assert ("pvae.clients.client", "pvae.clients.channel") in pairs  # a relative import, resolved
     assert ("pvae.export.exporter", "pvae.training.checkpoint") in pairs
+    assert ("pvae.training.study.report", "pvae.training.train") in pairs  # the study uses the flow
     assert any(package_of(imp.module) == "pvae.bench" and _within(imp.target, "pvae.serving") for imp in IMPORTS)
     assert {package_of(imp.module) for imp in IMPORTS} == set(PACKAGES)
 
@@ -190,6 +199,9 @@ BREAKS = {
                                                             "from pvae.training import model\n"),
     "export does not import serving or clients": ("pvae.export.x", "from pvae.serving import source\n",
                                                   "from pvae.training.checkpoint import load_checkpoint\n"),
+    "training's flow does not import its paper study": (
+        "pvae.training.x", "def f():\n    from pvae.training.study.geometry import paired_comparison\n",
+        "from pvae.training.evaluate import evaluate_model\n"),
     "the stubs import nothing of the product": ("pvae.v1.x", "from pvae.clients import Client\n",
                                                 "from pvae.v1 import pvae_pb2\n"),
 }
@@ -200,3 +212,11 @@ def test_the_rule_bites(rule: str) -> None:
     module, breaking, keeping = BREAKS[rule]
     assert violations(rule, list(parse_imports(breaking, module)))
     assert not violations(rule, list(parse_imports(keeping, module)))
+
+
+def test_the_study_may_import_the_flow_and_itself() -> None:
+    """The study rule is one-way: study modules import the training flow and each other freely."""
+    code = "from pvae.training.train import Trainer\nfrom pvae.training.study.verdict import compute_verdicts\n"
+    rule = "training's flow does not import its paper study"
+    assert not violations(rule, list(parse_imports(code, "pvae.training.study.report")))
+    assert violations(rule, list(parse_imports("from pvae.training import study\n", "pvae.training.evaluate")))

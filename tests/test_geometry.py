@@ -12,9 +12,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from pvae.training import geometry
-from pvae.training.geometry import knn_paper_protocol, paired_comparison
-from pvae.training.shattering import balanced_splits, shattering_dimensionality, stratified_subsample
+from pvae.training.study import geometry
+from pvae.training.study.geometry import knn_paper_protocol, paired_comparison
+from pvae.training.study.shattering import balanced_splits, shattering_dimensionality, stratified_subsample
 
 
 @pytest.fixture(autouse=True)

@@ -12,8 +12,7 @@ import torch
 
 from pvae.errors import ConfigError
 from pvae.training.config import ModelConfig, TrainConfig
-from pvae.training.report import RunContext, main, match_at_sparsity, ppca_active_fraction, slug, train_vae
-from pvae.training.report_config import (
+from pvae.training.study.config import (
     PAPER_BETAS,
     ClassificationStudy,
     PatchStudy,
@@ -22,9 +21,10 @@ from pvae.training.report_config import (
     full_config,
     smoke_config,
 )
-from pvae.training.report_document import Block, build_document, render_html, render_markdown
-from pvae.training.report_verdict import compute_verdicts
-from pvae.training.shattering import balanced_splits, shattering_dimensionality
+from pvae.training.study.document import Block, build_document, render_html, render_markdown
+from pvae.training.study.report import RunContext, main, match_at_sparsity, ppca_active_fraction, slug, train_vae
+from pvae.training.study.shattering import balanced_splits, shattering_dimensionality
+from pvae.training.study.verdict import compute_verdicts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,8 +164,8 @@ def test_smoke_report_end_to_end(tmp_path: Path) -> None:
 
 
 def test_render_writes_the_verdict_table_between_the_markers(tmp_path: Path) -> None:
-    from pvae.training.report_document import VERDICTS_BEGIN, VERDICTS_END, replace_verdict_block
-    from pvae.training.report_verdict import Verdict
+    from pvae.training.study.document import VERDICTS_BEGIN, VERDICTS_END, replace_verdict_block
+    from pvae.training.study.verdict import Verdict
 
     results = {"meta": {"command": "pvae-report --cpu", "commit": "abc1234", "wall_seconds": 600.0, "cpu_count": 2,
                         "torch_threads": 1, "load_start": 1.0, "load_end": 2.0, "finished": "2026-12-02 09:00 UTC"}}

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from pvae.training.report import spearman, trend_test
-from pvae.training.report_verdict import (
+from pvae.training.study.report import spearman, trend_test
+from pvae.training.study.verdict import (
     MANY_MORE_RATIO,
     compute_verdicts,
     verdict_active_latents,

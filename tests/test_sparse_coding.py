@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pvae.errors import ConfigError
-from pvae.training.sparse_coding import (
+from pvae.training.study.sparse_coding import (
     SparseCodingConfig,
     evaluate_codes,
     ista_infer,

@@ -2,7 +2,7 @@
 
 Stage in the flow: after training, on the classification features of the training and the test set
 (:func:`pvae.training.evaluate.encode_features`); next to the kNN protocol of
-:mod:`pvae.training.geometry`, whose :func:`~pvae.training.geometry.paired_comparison` compares two
+:mod:`pvae.training.study.geometry`, whose :func:`~pvae.training.study.geometry.paired_comparison` compares two
 models split by split.
 
 The paper's protocol (after Rigotti et al. 2013 and Bernardi et al. 2020; reproduction.md,
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pvae.training.geometry import t_half_width
+from pvae.training.study.geometry import t_half_width
 
 __all__ = ["LOGISTIC_C", "LOGISTIC_MAX_ITER", "balanced_splits", "shattering_dimensionality",
            "stratified_subsample"]
@@ -98,7 +98,7 @@ def shattering_dimensionality(
     splits share their samples, so read it as spread, not as an exact interval; 0 for one split),
     ``n_splits``, ``n_train``, ``n_test``, ``not_converged``, ``accuracies`` (per split, in ``splits``
     order: compare two models on the same data with
-    :func:`~pvae.training.geometry.paired_comparison`) and ``splits`` (each the half holding the
+    :func:`~pvae.training.study.geometry.paired_comparison`) and ``splits`` (each the half holding the
     smallest class, as a list of labels).
 
     Cost on one thread: about 2 s for 10,000 training and 10,000 test samples with K = 100 features.

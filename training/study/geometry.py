@@ -4,7 +4,7 @@ Stage in the flow: after training, on the classification features of the **test*
 (:func:`pvae.training.evaluate.encode_features`: P-VAE log rates, G/L-VAE mu, C-VAE logits).
 :func:`knn_paper_protocol` is the paper's Tables 3 and 5 protocol (reproduction.md, "Few-label kNN");
 :func:`paired_comparison` compares two models scored on the same draws (kNN repeats) or the same
-class splits (:func:`pvae.training.shattering.shattering_dimensionality`).
+class splits (:func:`pvae.training.study.shattering.shattering_dimensionality`).
 
     >>> knn = knn_paper_protocol(features, labels)              # features, labels of the 10k test set
     >>> knn["200"]["mean"], knn["200"]["ci95"]

@@ -6,7 +6,7 @@ the table can be recomputed from the JSON and tested on hand-made numbers:
     >>> verdicts = compute_verdicts(json.loads(Path("runs/report-cpu/report.json").read_text()))
     >>> [(v.claim, v.status) for v in verdicts]
 
-Results schema read here (``report.py`` writes it):
+Results schema read here (:mod:`.report` writes it):
 
     patches.reference                          name of the lin|lin P-VAE at the reference beta
     patches.models[name].family / .encoder     poisson | gaussian | laplace | categorical; lin | conv | conv+b

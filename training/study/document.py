@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvae.training.report_figures import BASIS_TILES
-from pvae.training.report_verdict import FAMILY_NAMES, Verdict
+from pvae.training.study.figures import BASIS_TILES
+from pvae.training.study.verdict import FAMILY_NAMES, Verdict
 
 __all__ = [
     "FORMATS",
@@ -265,7 +265,7 @@ def build_document(results: Mapping[str, Any], verdicts: Sequence[Verdict], figu
         f"{meta['device']} ({meta['cpu_count']} CPUs, {meta['torch_threads']} torch thread(s); load average "
         f"{meta['load_start']:.1f} at the start, {meta['load_end']:.1f} at the end), pvae {meta['pvae_version']}, "
         f"torch {meta['torch_version']}, {meta['finished']}. Every number below is in `report.json`; the verdicts "
-        "are computed from those numbers (`pvae.training.report_verdict`).")))
+        "are computed from those numbers (`pvae.training.study.verdict`).")))
     blocks.append(Block("h2", "Verdict"))
     blocks.append(_verdict_table(verdicts))
     if results.get("deviations"):

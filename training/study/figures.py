@@ -14,7 +14,7 @@ import numpy as np
 
 from pvae.training.plots import pyplot as _pyplot
 from pvae.training.plots import tile_grid
-from pvae.training.report_verdict import FAMILY_NAMES
+from pvae.training.study.verdict import FAMILY_NAMES
 
 __all__ = [
     "BASIS_TILES",

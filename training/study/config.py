@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pvae.errors import ConfigError
 from pvae.training.config import ENCODERS, ESCAPED_PRIOR_INIT, LATENTS, config_to_dict
-from pvae.training.sparse_coding import METHODS
+from pvae.training.study.sparse_coding import METHODS
 
 __all__ = [
     "PAPER_BATCH_PATCHES",

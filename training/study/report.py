@@ -4,12 +4,12 @@
     pvae-report --cpu                      # every protocol, <= 90 min on a 2-core CPU -> runs/report-cpu
     pvae-report --full --device cuda       # the paper's budgets (GPU)
 
-Data flow: config (``report_config``) -> train and evaluate the patch study (the P-VAE beta sweep over seeds
+Data flow: config (:mod:`.config`) -> train and evaluate the patch study (the P-VAE beta sweep over seeds
 with a rank-correlation trend test, Table 4 for every loss, family and encoder, active latents by the
 paper's criteria and by usage with untrained controls, Gabor fits, LCA/ISTA, LCA on the P-VAE's dictionary)
 and the geometry study (nonlinear encoders; few-label kNN with the paper's pool/evaluation split,
-shattering over every class split, both compared paired) -> verdicts (``report_verdict``, computed from the numbers) ->
-figures (``report_figures``) -> document (``report_document``). The output directory holds
+shattering over every class split, both compared paired) -> verdicts (:mod:`.verdict`, computed from the numbers) ->
+figures (:mod:`.figures`) -> document (:mod:`.document`). The output directory holds
 ``report.md`` (or ``report.html``), ``report.json`` (every number, the config and the verdicts),
 ``figures/*.png``, ``bases.npz`` (every basis shown) and ``models/*`` (the trained checkpoints).
 """
@@ -44,9 +44,8 @@ from pvae.training.data import PatchConfig, load_dataset
 from pvae.training.device import resolve_device
 from pvae.training.evaluate import encode_features, evaluate_model
 from pvae.training.gabor import GABOR_R2_THRESHOLD, fit_gabors, summarise_gabor_fits
-from pvae.training.geometry import knn_paper_protocol, paired_comparison
 from pvae.training.model import VAE
-from pvae.training.report_config import (
+from pvae.training.study.config import (
     PRESETS,
     ClassificationStudy,
     ImageStudy,
@@ -54,7 +53,7 @@ from pvae.training.report_config import (
     ReportConfig,
     deviations,
 )
-from pvae.training.report_document import (
+from pvae.training.study.document import (
     FORMATS,
     VERDICTS_BEGIN,
     VERDICTS_END,
@@ -63,7 +62,7 @@ from pvae.training.report_document import (
     render,
     replace_verdict_block,
 )
-from pvae.training.report_figures import (
+from pvae.training.study.figures import (
     save_active_latents,
     save_basis_comparison,
     save_basis_grid,
@@ -73,9 +72,10 @@ from pvae.training.report_figures import (
     save_shattering,
     save_tradeoff,
 )
-from pvae.training.report_verdict import FAMILY_NAMES, compute_verdicts
-from pvae.training.shattering import shattering_dimensionality
-from pvae.training.sparse_coding import SparseCodingConfig, encode, evaluate_codes, lca_infer, learn_dictionary
+from pvae.training.study.geometry import knn_paper_protocol, paired_comparison
+from pvae.training.study.shattering import shattering_dimensionality
+from pvae.training.study.sparse_coding import SparseCodingConfig, encode, evaluate_codes, lca_infer, learn_dictionary
+from pvae.training.study.verdict import FAMILY_NAMES, compute_verdicts
 from pvae.training.train import BEST, LAST, LOG, Trainer
 
 __all__ = [
