@@ -2,9 +2,11 @@
 
 ``decode_result`` reads one ``EncodeResult``: rates and log-rates become float32 (rows, cols, K)
 (or (N, K) for a patch batch), spike counts become dense int32 arrays of the same shape rebuilt
-exactly from the sparse events (or from dense uint8, saturation reported), images become (H, W)
-uint8. ``decode_info`` reads ``InfoResponse``. Lengths are checked against the stated shapes, so a
-malformed response raises ``ProtocolError`` instead of producing a wrong array.
+exactly from the sparse events (or from dense uint8, saturation reported, or from Rice codes), images
+become (H, W) uint8. Compact rates (``u8log``: log-grid codes, one payload for rates and log-rates)
+decode to float32 rates and log-rates like the others. ``decode_info`` reads ``InfoResponse``. Lengths
+are checked against the stated shapes, so a malformed response raises ``ProtocolError`` instead of
+producing a wrong array.
 
     >>> result = client.encode(frame)
     >>> result.rates.shape, result.counts.dtype        # ((15, 20, 512), dtype('int32'))
@@ -33,7 +35,9 @@ __all__ = [
     "decode_counts",
     "decode_image",
     "decode_info",
+    "decode_rate_codes",
     "decode_result",
+    "decode_rice",
 ]
 
 #: Wire dtypes (pvae.proto: little-endian, row-major).
@@ -48,6 +52,10 @@ LATENT_DTYPE = np.dtype("<u2")
 LARGE_COUNT_MARK = 255
 #: Counts as numpy holds them (the sampler graph's output dtype).
 COUNT_DTYPE = np.int32
+#: Largest Rice parameter (pvae.proto RiceCodes.parameters).
+MAX_RICE_PARAMETER = 31
+#: Rate codes 1..255 lie on the log grid; code 0 is a rate of 0 (pvae.proto RateCodes).
+RATE_CODE_TOP = 255
 
 
 # ----------------------------------------------------------------------------- per-frame results
@@ -182,12 +190,65 @@ def decode_image(image: pb.Image, name: str = "image") -> np.ndarray:
     return decoded
 
 
+def decode_rice(message: pb.RiceCodes, n_rows: int, n_cols: int, name: str) -> np.ndarray:
+    """int64 (n_rows, n_cols) values from ``pvae.v1.RiceCodes`` (ProtocolError if malformed)."""
+    parameters = _array(message.parameters, np.dtype(np.uint8), n_cols, f"{name}.parameters").astype(np.int64)
+    if (parameters > MAX_RICE_PARAMETER).any():
+        raise ProtocolError(f"malformed response: {name}.parameters above {MAX_RICE_PARAMETER}")
+    count = n_rows * n_cols
+    unary = np.unpackbits(np.frombuffer(message.quotients, dtype=np.uint8))
+    stops = np.flatnonzero(unary == 0)[:count]  # each entry's 0-bit
+    used = int(stops[-1]) + 1 if count else 0
+    if len(stops) < count or len(message.quotients) != -(-used // 8):
+        raise ProtocolError(f"malformed response: {name}.quotients does not hold {count} unary codes "
+                            f"in {len(message.quotients)} bytes")
+    quotients = (np.diff(stops, prepend=-1) - 1).reshape(n_rows, n_cols)
+    if (quotients >= 1 << (62 - parameters)).any():
+        raise ProtocolError(f"malformed response: {name} holds a value beyond 2^62")
+    values = quotients << parameters
+    total = int(parameters.sum())
+    _array(message.remainders, np.dtype(np.uint8), -(-n_rows * total // 8), f"{name}.remainders")
+    if total:
+        bits = np.unpackbits(np.frombuffer(message.remainders, dtype=np.uint8))[:n_rows * total]
+        start = np.cumsum(parameters) - parameters  # (K,) first remainder bit of each column in a row
+        column = np.repeat(np.arange(n_cols), parameters)
+        shift = parameters[column] - 1 - (np.arange(total) - start[column])  # most significant bit first
+        weighted = bits.reshape(n_rows, total).astype(np.int64) << shift
+        coded = np.flatnonzero(parameters)
+        values[:, coded] |= np.add.reduceat(weighted, start[coded], axis=1)
+    return values
+
+
+def decode_rate_codes(message: pb.RateCodes, n_patches: int, n_latents: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (n_patches, K) rates and log-rates from ``pvae.v1.RateCodes`` (ProtocolError if malformed).
+
+    Code c >= 1 is log-rate log_min + (c - 1) log_step; code 0 is rate 0 (log-rate -inf)."""
+    if not (np.isfinite(message.log_min) and np.isfinite(message.log_step) and message.log_step > 0):
+        raise ProtocolError(f"malformed response: rate_codes grid log_min={message.log_min}, "
+                            f"log_step={message.log_step}")
+    base = _array(message.base, np.dtype(np.uint8), n_latents, "rate_codes.base").astype(np.int64)
+    zigzag = decode_rice(message.codes, n_patches, n_latents, "rate_codes.codes")
+    codes = base + np.where(zigzag % 2 == 0, zigzag // 2, -(zigzag + 1) // 2)  # (N, K)
+    if ((codes < 0) | (codes > RATE_CODE_TOP)).any():
+        raise ProtocolError("malformed response: rate_codes decode to codes outside 0..255")
+    table = message.log_min + (np.arange(RATE_CODE_TOP + 1, dtype=np.float64) - 1) * message.log_step
+    table[0] = -np.inf
+    log_table = table.astype(np.float32)
+    rate_table = np.exp(table).astype(np.float32)  # exp(-inf) = 0: code 0 is exactly zero
+    return rate_table[codes], log_table[codes]
+
+
 def decode_counts(message: pb.EncodeResult) -> tuple[np.ndarray | None, int]:
-    """Dense int32 (n_patches, K) counts from sparse events or dense uint8, and the saturated count."""
+    """Dense int32 (n_patches, K) counts from sparse events, dense uint8 or Rice codes, and the saturated count."""
     n_patches, n_latents = message.n_patches, message.n_latents
     which = message.WhichOneof("counts")
     if which is None:
         return None, 0
+    if which == "rice_counts":
+        values = decode_rice(message.rice_counts, n_patches, n_latents, "rice_counts")
+        if (values > np.iinfo(COUNT_DTYPE).max).any():
+            raise ProtocolError("malformed response: rice_counts holds a count beyond int32")
+        return values.astype(COUNT_DTYPE), 0
     if which == "dense_counts":
         dense = _array(message.dense_counts.counts, np.dtype(np.uint8), n_patches * n_latents, "dense_counts")
         return dense.astype(COUNT_DTYPE).reshape(n_patches, n_latents), int(message.dense_counts.saturated)
@@ -241,14 +302,27 @@ def decode_result(message: pb.EncodeResult, sequence: int = 0, dropped_count: in
             dropped_sequences=dropped_sequences, latency_seconds=latency_seconds, response_bytes=response_bytes,
             input=input_frame, message=message)
     shape = (message.grid_rows, message.grid_cols, n_latents) if is_frame else (n_patches, n_latents)
-    if message.float_format not in FLOAT_DTYPES:
-        raise ProtocolError(f"malformed response: unknown float_format {message.float_format}")
-    float_dtype = FLOAT_DTYPES[message.float_format]
+    rates: np.ndarray | None = None
+    log_rates: np.ndarray | None = None
+    if message.float_format == pb.FLOAT_FORMAT_U8_LOG:
+        if message.rates or message.log_rates:
+            raise ProtocolError("malformed response: float_format U8_LOG with float rates or log_rates bytes")
+        codes = message.rate_codes
+        if message.HasField("rate_codes") and (codes.rates or codes.log_rates):
+            all_rates, all_log_rates = decode_rate_codes(codes, n_patches, n_latents)
+            rates = all_rates.reshape(shape) if codes.rates else None
+            log_rates = all_log_rates.reshape(shape) if codes.log_rates else None
+    elif message.float_format in FLOAT_DTYPES:
+        float_dtype = FLOAT_DTYPES[message.float_format]
 
-    def floats(data: bytes, name: str) -> np.ndarray | None:
-        if not data:
-            return None
-        return _array(data, float_dtype, n_patches * n_latents, name).astype(np.float32).reshape(shape)
+        def floats(data: bytes, name: str) -> np.ndarray | None:
+            if not data:
+                return None
+            return _array(data, float_dtype, n_patches * n_latents, name).astype(np.float32).reshape(shape)
+
+        rates, log_rates = floats(message.rates, "rates"), floats(message.log_rates, "log_rates")
+    else:
+        raise ProtocolError(f"malformed response: unknown float_format {message.float_format}")
 
     counts, saturated = decode_counts(message)
     patches = None
@@ -268,8 +342,8 @@ def decode_result(message: pb.EncodeResult, sequence: int = 0, dropped_count: in
         n_patches=n_patches,
         n_latents=n_latents,
         seed=int(message.seed) if computed_seed else None,
-        rates=floats(message.rates, "rates"),
-        log_rates=floats(message.log_rates, "log_rates"),
+        rates=rates,
+        log_rates=log_rates,
         counts=None if counts is None else counts.reshape(shape),
         counts_saturated=saturated,
         reconstruction=(decode_image(message.reconstruction, "reconstruction")

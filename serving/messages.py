@@ -25,7 +25,7 @@ from pvae.serving.options import (
     Output,
     OutputSpec,
 )
-from pvae.serving.pack import DenseCountsPacked, SparseCountsPacked
+from pvae.serving.pack import DenseCountsPacked, RiceCodesPacked, SparseCountsPacked
 from pvae.serving.pipeline import PackedImage, PackedResult
 from pvae.v1 import pvae_pb2 as pb
 
@@ -52,6 +52,7 @@ _COUNT_FORMATS = {
     pb.COUNT_FORMAT_UNSPECIFIED: CountFormat.SPARSE,
     pb.COUNT_FORMAT_SPARSE: CountFormat.SPARSE,
     pb.COUNT_FORMAT_DENSE_U8: CountFormat.DENSE_U8,
+    pb.COUNT_FORMAT_RICE: CountFormat.RICE,
 }
 #: Request enum value -> ImageEncoding (UNSPECIFIED means RAW), and back for responses.
 IMAGE_ENCODINGS = {
@@ -67,8 +68,10 @@ FLOAT_FORMATS = {
     pb.FLOAT_FORMAT_UNSPECIFIED: FloatFormat.FP16,
     pb.FLOAT_FORMAT_FP16: FloatFormat.FP16,
     pb.FLOAT_FORMAT_FP32: FloatFormat.FP32,
+    pb.FLOAT_FORMAT_U8_LOG: FloatFormat.U8_LOG,
 }
-_FLOAT_FORMAT_VALUES = {FloatFormat.FP16: pb.FLOAT_FORMAT_FP16, FloatFormat.FP32: pb.FLOAT_FORMAT_FP32}
+_FLOAT_FORMAT_VALUES = {FloatFormat.FP16: pb.FLOAT_FORMAT_FP16, FloatFormat.FP32: pb.FLOAT_FORMAT_FP32,
+                        FloatFormat.U8_LOG: pb.FLOAT_FORMAT_U8_LOG}
 _CHANNEL_ORDERS = {
     pb.CHANNEL_ORDER_UNSPECIFIED: ChannelOrder.BGR,
     pb.CHANNEL_ORDER_BGR: ChannelOrder.BGR,
@@ -181,6 +184,12 @@ def _fill_image(target: pb.Image, image: PackedImage) -> None:
     target.data = image.data
 
 
+def _fill_rice(target: pb.RiceCodes, codes: RiceCodesPacked) -> None:
+    target.parameters = codes.parameters
+    target.quotients = codes.quotients
+    target.remainders = codes.remainders
+
+
 def fill_result(message: pb.EncodeResult, result: PackedResult, total_seconds: float) -> pb.EncodeResult:
     """Write a PackedResult into ``message`` (a field of the response, so bytes are copied once)."""
     message.height = result.height
@@ -196,6 +205,14 @@ def fill_result(message: pb.EncodeResult, result: PackedResult, total_seconds: f
         message.rates = result.rates
     if result.log_rates is not None:
         message.log_rates = result.log_rates
+    if result.rate_codes is not None:
+        packed = result.rate_codes
+        message.rate_codes.log_min = packed.log_min
+        message.rate_codes.log_step = packed.log_step
+        message.rate_codes.base = packed.base
+        _fill_rice(message.rate_codes.codes, packed.codes)
+        message.rate_codes.rates = packed.rates
+        message.rate_codes.log_rates = packed.log_rates
     counts = result.counts
     if isinstance(counts, SparseCountsPacked):
         message.sparse_counts.patch_offsets = counts.patch_offsets
@@ -205,6 +222,8 @@ def fill_result(message: pb.EncodeResult, result: PackedResult, total_seconds: f
     elif isinstance(counts, DenseCountsPacked):
         message.dense_counts.counts = counts.counts
         message.dense_counts.saturated = counts.saturated
+    elif isinstance(counts, RiceCodesPacked):
+        _fill_rice(message.rice_counts, counts)
     if result.reconstruction is not None:
         _fill_image(message.reconstruction, result.reconstruction)
     if result.preprocessed is not None:

@@ -44,6 +44,8 @@ class CountFormat(Enum):
 
     SPARSE = "sparse"
     DENSE_U8 = "dense_u8"
+    RICE = "rice"
+    """Exact counts, Golomb-Rice coded with one parameter per latent (pvae.v1 COUNT_FORMAT_RICE)."""
     DENSE_I32 = "dense_i32"
     """Exact int32 (n_patches, K), little-endian: the Open Inference Protocol's ``counts`` (not in pvae.v1)."""
 
@@ -61,6 +63,9 @@ class FloatFormat(Enum):
 
     FP16 = "fp16"
     FP32 = "fp32"
+    U8_LOG = "u8log"
+    """8-bit codes on a fixed log-rate grid, Rice coded; one payload for rates and log-rates (pvae.v1
+    FLOAT_FORMAT_U8_LOG; relative error of the rates < 4.3 %)."""
 
 
 #: What a request without explicit outputs gets (pvae.proto, EncodeOptions.outputs).
@@ -93,8 +98,10 @@ class OutputSpec:
 
     @property
     def needs_rates(self) -> bool:
-        """Rates are fetched from the graph for the rates output, and to draw counts."""
-        return Output.RATES in self.outputs or self.needs_counts
+        """Rates are fetched from the graph for the rates output, to draw counts, and for log-rates as
+        codes (FloatFormat.U8_LOG codes the rates)."""
+        return (Output.RATES in self.outputs or self.needs_counts
+                or (self.float_format is FloatFormat.U8_LOG and Output.LOG_RATES in self.outputs))
 
 
 def stream_frame_seed(seed: int, sequence: int) -> int:

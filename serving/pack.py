@@ -1,5 +1,8 @@
 """Pack model outputs compactly: fp16 rates, sparse or dense uint8 counts, PNG/JPEG images, stats.
 
+The compact forms (pvae.proto RiceCodes and RateCodes): counts Golomb-Rice coded per latent (exact),
+and rates as 8-bit codes on a fixed log-rate grid, Rice coded (relative error < 4.3 %).
+
 Arrays in, bytes out (little-endian, row-major), exactly the layouts that pvae.proto documents
 (``pvae.clients.results`` reads them back).
 
@@ -23,17 +26,25 @@ from pvae.errors import InputError
 from pvae.serving.options import FloatFormat, ImageEncoding
 
 __all__ = [
+    "RATE_CODE_LOG_MIN",
+    "RATE_CODE_LOG_STEP",
     "U8_SATURATED",
     "CountEvents",
     "DenseCountsPacked",
     "FrameStatistics",
+    "RateCodesPacked",
+    "RiceCodesPacked",
     "SparseCountsPacked",
     "encode_image",
     "frame_events",
     "frame_statistics",
     "pack_dense_counts",
     "pack_floats",
+    "pack_rate_codes",
+    "pack_rice_counts",
     "pack_sparse_counts",
+    "rate_codes",
+    "rice_encode",
 ]
 
 #: The largest uint8: dense counts at or above it are stored as it and flagged (saturated).
@@ -47,11 +58,107 @@ LATENT_DTYPE = np.dtype("<u2")
 MAX_LATENTS = 1 << 16
 #: PNG zlib level for responses: 1 is ~as small as the default (3) on model output and much faster.
 PNG_COMPRESSION = 1
+#: The log-rate grid of FloatFormat.U8_LOG: code c in 1..255 is log-rate LOG_MIN + (c - 1) * LOG_STEP,
+#: [-16, 5.336] in log-rate, i.e. rates [1.125e-7, 207.7]: the model's whole range (rates are
+#: exp(log_rate) + 1.19e-7 with log_rate softly clamped below 5.3). Code 0 is a rate of 0.
+RATE_CODE_LOG_MIN = -16.0
+RATE_CODE_LOG_STEP = 0.084
+#: Codes 1..RATE_CODE_TOP lie on the grid.
+RATE_CODE_TOP = 255
+#: Largest Rice parameter (pvae.proto RiceCodes.parameters).
+MAX_RICE_PARAMETER = 31
 
 
 def pack_floats(values: np.ndarray, fmt: FloatFormat) -> bytes:
     """float32 array -> fp16 or fp32 little-endian bytes (row-major)."""
     return np.ascontiguousarray(values, dtype=FLOAT_DTYPES[fmt]).tobytes()
+
+
+@dataclass(frozen=True)
+class RiceCodesPacked:
+    """Non-negative (N, K) integers Golomb-Rice coded with one parameter per column (pvae.v1.RiceCodes)."""
+
+    parameters: bytes
+    """uint8 (K): Rice parameter k of each column, 0..31."""
+    quotients: bytes
+    """Bit stream (MSB first): each entry's v >> k in unary (that many 1-bits, then a 0-bit), row-major."""
+    remainders: bytes
+    """Bit stream (MSB first): each entry's k low bits, most significant first, row-major."""
+
+
+def _rice_parameters(values: np.ndarray) -> np.ndarray:
+    """Per column, the k that codes it in the fewest bits: sum(v >> k) + N (1 + k)."""
+    n_rows = values.shape[0]
+    top = min(int(values.max()).bit_length() if values.size else 0, MAX_RICE_PARAMETER)
+    costs = np.stack([(values >> k).sum(axis=0, dtype=np.int64) + n_rows * (1 + k) for k in range(top + 1)])
+    return costs.argmin(axis=0).astype(np.int64)  # (K,)
+
+
+def _remainder_layout(parameters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one row's remainder bits: the column of each bit, its shift, and each column's first bit."""
+    total = int(parameters.sum())
+    start = np.cumsum(parameters) - parameters  # (K,) first bit of each column within a row
+    column = np.repeat(np.arange(len(parameters)), parameters)  # (S,)
+    shift = parameters[column] - 1 - (np.arange(total) - start[column])  # (S,) MSB first
+    return column, shift, start
+
+
+def rice_encode(values: np.ndarray) -> RiceCodesPacked:
+    """int (N, K) values >= 0 -> Rice codes with the cheapest parameter per column (vectorised)."""
+    values = np.asarray(values)
+    if values.size and int(values.max()) >= 1 << 31:
+        values = values.astype(np.int64)
+    elif values.dtype != np.int32:
+        values = values.astype(np.int32)  # half the memory traffic of int64
+    parameters = _rice_parameters(values)  # (K,)
+    ends = np.cumsum(((values >> parameters) + 1).reshape(-1), dtype=np.int64)  # (E,) one past each entry's 0-bit
+    unary = np.ones(int(ends[-1]) if ends.size else 0, dtype=np.uint8)
+    unary[ends - 1] = 0
+    remainders = b""
+    if parameters.any():
+        column, shift, _ = _remainder_layout(parameters)
+        bits = ((values[:, column] >> shift.astype(values.dtype)) & 1).astype(np.uint8)  # (N, S)
+        remainders = np.packbits(bits.reshape(-1)).tobytes()
+    return RiceCodesPacked(parameters.astype(np.uint8).tobytes(), np.packbits(unary).tobytes(), remainders)
+
+
+def pack_rice_counts(counts: np.ndarray) -> RiceCodesPacked:
+    """int (N, K) counts >= 0 -> exact Rice codes (pvae.v1 COUNT_FORMAT_RICE)."""
+    return rice_encode(counts)
+
+
+def rate_codes(rates: np.ndarray) -> np.ndarray:
+    """Rates -> uint8 codes on the log grid: round((log r - LOG_MIN) / LOG_STEP) + 1, at most 255; 0 for
+    rates below exp(LOG_MIN - LOG_STEP / 2) (zero, below the model's floor, or not a number)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        index = np.rint((np.log(np.asarray(rates, dtype=np.float64)) - RATE_CODE_LOG_MIN) / RATE_CODE_LOG_STEP)
+        codes = np.where(index >= 0, np.minimum(index, RATE_CODE_TOP - 1) + 1, 0)
+    return codes.astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class RateCodesPacked:
+    """Rates and log-rates as Rice-coded log-grid codes (pvae.v1.RateCodes)."""
+
+    base: bytes
+    """uint8 (K): each latent's median code (the upper one); the Rice-coded values are zigzag(code - base)."""
+    codes: RiceCodesPacked
+    rates: bool
+    """The request asked for the rates."""
+    log_rates: bool
+    """The request asked for the log-rates."""
+    log_min: float = RATE_CODE_LOG_MIN
+    log_step: float = RATE_CODE_LOG_STEP
+
+
+def pack_rate_codes(rates: np.ndarray, want_rates: bool, want_log_rates: bool) -> RateCodesPacked:
+    """float (N, K) rates -> one payload for rates and log-rates (FloatFormat.U8_LOG)."""
+    codes = rate_codes(rates)  # (N, K) uint8
+    n_rows = codes.shape[0]
+    base = np.partition(codes, n_rows // 2, axis=0)[n_rows // 2] if n_rows else np.zeros(codes.shape[1], np.uint8)
+    delta = codes.astype(np.int32) - base  # (N, K), -255..255
+    zigzag = np.where(delta >= 0, 2 * delta, -2 * delta - 1)
+    return RateCodesPacked(base.astype(np.uint8).tobytes(), rice_encode(zigzag), want_rates, want_log_rates)
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,15 @@ from pvae.serving.options import CountFormat, FloatFormat, ImageEncoding, Output
 from pvae.serving.pack import (
     DenseCountsPacked,
     FrameStatistics,
+    RateCodesPacked,
+    RiceCodesPacked,
     SparseCountsPacked,
     encode_image,
     frame_events,
     frame_statistics,
     pack_dense_counts,
+    pack_rate_codes,
+    pack_rice_counts,
     pack_sparse_counts,
 )
 
@@ -157,7 +161,9 @@ class PackedResult:
     seed: int | None = None
     rates: bytes | None = None
     log_rates: bytes | None = None
-    counts: SparseCountsPacked | DenseCountsPacked | None = None
+    counts: SparseCountsPacked | DenseCountsPacked | RiceCodesPacked | None = None
+    rate_codes: RateCodesPacked | None = None
+    """Rates and log-rates as one payload (FloatFormat.U8_LOG; ``rates`` and ``log_rates`` stay None)."""
     reconstruction: PackedImage | None = None
     preprocessed: PackedImage | None = None
     reconstruction_patches: bytes | None = None
@@ -350,10 +356,15 @@ class Pipeline:
 
     def _pack_common(self, result: PackedResult, spec: OutputSpec, rates: np.ndarray | None,
                      log_rates: np.ndarray | None, counts: np.ndarray | None) -> None:
-        if spec.wants(Output.RATES) and rates is not None:
-            result.rates = self._floats(rates, spec.float_format)
-        if log_rates is not None:
-            result.log_rates = self._floats(log_rates, spec.float_format)
+        if spec.float_format is FloatFormat.U8_LOG:  # one payload of codes serves rates and log-rates
+            wants = spec.wants(Output.RATES), spec.wants(Output.LOG_RATES)
+            if rates is not None and any(wants):
+                result.rate_codes = pack_rate_codes(rates, *wants)
+        else:
+            if spec.wants(Output.RATES) and rates is not None:
+                result.rates = self._floats(rates, spec.float_format)
+            if log_rates is not None:
+                result.log_rates = self._floats(log_rates, spec.float_format)
         if counts is not None and spec.count_format is CountFormat.DENSE_I32:
             result.total_spikes = int(counts.sum(dtype=np.int64))
             if spec.wants(Output.COUNTS):
@@ -363,7 +374,9 @@ class Pipeline:
             # The nonzero events serve both the sparse packing and the statistics: find them once.
             events = frame_events(counts) if sparse or spec.wants(Output.STATS) else None
             result.total_spikes = int(events.values.sum()) if events is not None else int(counts.sum())
-            if spec.wants(Output.COUNTS):
+            if spec.wants(Output.COUNTS) and spec.count_format is CountFormat.RICE:
+                result.counts = pack_rice_counts(counts)
+            elif spec.wants(Output.COUNTS):
                 result.counts = pack_sparse_counts(counts, events) if sparse else pack_dense_counts(counts)
             if spec.wants(Output.STATS):
                 result.stats = frame_statistics(counts, rates, events)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from helpers import unpack_dense_counts, unpack_floats, unpack_sparse_counts
 
+from pvae.clients.results import decode_rate_codes, decode_rice
 from pvae.errors import ConfigError, InputError
 from pvae.serving.batcher import Batcher
 from pvae.serving.config import ServeConfig
@@ -27,16 +28,21 @@ from pvae.serving.decode import (
 )
 from pvae.serving.engine import HalfCaster
 from pvae.serving.errors import OverloadedError, PayloadTooLargeError
-from pvae.serving.messages import parse_options, parse_patches, parse_stream_settings
+from pvae.serving.messages import fill_result, parse_options, parse_patches, parse_stream_settings
 from pvae.serving.metrics import Metrics
 from pvae.serving.options import MAX_SEED, CountFormat, FloatFormat, ImageEncoding, Output, stream_frame_seed
 from pvae.serving.pack import (
+    RATE_CODE_LOG_MIN,
+    RATE_CODE_LOG_STEP,
     U8_SATURATED,
     encode_image,
     frame_statistics,
     pack_dense_counts,
     pack_floats,
+    pack_rate_codes,
+    pack_rice_counts,
     pack_sparse_counts,
+    rate_codes,
 )
 from pvae.serving.pipeline import FrameJob, InferredBatch, OutputSpec, PackedResult
 from pvae.serving.server import build_parser, config_from_args
@@ -213,6 +219,89 @@ def test_fp16_packing_matches_numpy_rounding() -> None:
     np.testing.assert_array_equal(unpack_floats(data, FloatFormat.FP16, rates.shape), rates.astype(np.float16))
     np.testing.assert_array_equal(unpack_floats(pack_floats(rates, FloatFormat.FP32), FloatFormat.FP32,
                                                 rates.shape), rates)
+
+
+#: The model's rates: exp(log_rate) + 1.19e-7 with log_rate softly clamped below 5.3 (training/model.py).
+RATE_FLOOR = 1.19e-7
+MODEL_MAX_RATE = float(np.exp(5.3)) + RATE_FLOOR
+#: The relative error bound pvae.proto states for FLOAT_FORMAT_U8_LOG (< 4.3 %), and what the grid gives.
+STATED_U8_LOG_BOUND = 0.043
+GRID_BOUND = float(np.expm1(RATE_CODE_LOG_STEP / 2))
+
+
+def _rate_codes_message(rates: np.ndarray, want_rates: bool = True, want_log_rates: bool = True) -> pb.EncodeResult:
+    n_patches, n_latents = rates.shape
+    packed = PackedResult(n_patches=n_patches, n_latents=n_latents, float_format=FloatFormat.U8_LOG,
+                          rate_codes=pack_rate_codes(rates, want_rates, want_log_rates))
+    return fill_result(pb.EncodeResult(), packed, 0.0)
+
+
+def test_u8log_rates_are_within_the_stated_bound_over_the_models_whole_range() -> None:
+    """Every rate the model can produce, [1.19e-7, exp(5.3) + 1.19e-7], decodes within exp(step / 2) - 1
+    (< 4.3 %) of the fp32 rate; log-rates within step / 2 of log(rate); exact zeros stay zero."""
+    rng = np.random.default_rng(3)
+    log_rates = rng.uniform(np.log(RATE_FLOOR), np.log(MODEL_MAX_RATE), (400, 512))
+    rates = np.exp(log_rates).astype(np.float32)
+    edges = np.exp(np.linspace(np.log(RATE_FLOOR), np.log(MODEL_MAX_RATE), 512))
+    rates[0] = edges.astype(np.float32)  # the whole range, evenly in log
+    rates[1, :4] = [RATE_FLOOR, MODEL_MAX_RATE, 1.0, 0.7839]
+    rates[2, :8] = 0.0
+    midpoints = np.exp(RATE_CODE_LOG_MIN + (np.arange(1, 255) - 0.5) * RATE_CODE_LOG_STEP)
+    rates[3, :254] = midpoints.astype(np.float32)  # the worst case: half-way between grid points
+    message = _rate_codes_message(rates)
+    assert not message.rates and not message.log_rates and message.float_format == pb.FLOAT_FORMAT_U8_LOG
+    assert (message.rate_codes.log_min, message.rate_codes.log_step) == (RATE_CODE_LOG_MIN, RATE_CODE_LOG_STEP)
+    assert RATE_CODE_LOG_MIN <= np.log(RATE_FLOOR) and RATE_CODE_LOG_MIN + 254 * RATE_CODE_LOG_STEP >= np.log(
+        MODEL_MAX_RATE)  # the grid covers the model's range
+    decoded, decoded_log = decode_rate_codes(message.rate_codes, *rates.shape)
+    assert decoded.dtype == np.float32 and decoded_log.dtype == np.float32
+    zero = rates == 0
+    np.testing.assert_array_equal(decoded[zero], 0.0)
+    assert np.isneginf(decoded_log[zero]).all()
+    exact = rates[~zero].astype(np.float64)
+    relative = np.abs(decoded[~zero] / exact - 1.0)
+    assert relative.max() <= GRID_BOUND + 1e-6 <= STATED_U8_LOG_BOUND
+    assert relative.max() > 0.9 * GRID_BOUND  # the bound is tight: half-way rates come close to it
+    assert np.abs(decoded_log[~zero] - np.log(exact)).max() <= RATE_CODE_LOG_STEP / 2 + 1e-5
+    # One code, two views: the log-rates are the logs of the rates (to float32 rounding).
+    np.testing.assert_allclose(decoded_log[~zero], np.log(decoded[~zero].astype(np.float64)), rtol=0, atol=2e-6)
+
+
+def test_rate_codes_clamp_outside_the_grid_and_code_zero_below_the_floor() -> None:
+    rates = np.array([[0.0, -1.0, np.nan, 1e-9, np.exp(RATE_CODE_LOG_MIN), 1e4, np.inf]], np.float32)
+    np.testing.assert_array_equal(rate_codes(rates), [[0, 0, 0, 0, 1, 255, 255]])
+
+
+def test_u8log_sends_one_payload_for_rates_and_log_rates() -> None:
+    rates = np.random.default_rng(4).lognormal(-0.5, 1.0, (1200, 64)).astype(np.float32)
+    both = _rate_codes_message(rates)
+    only_log = _rate_codes_message(rates, want_rates=False)
+    assert (both.rate_codes.rates, both.rate_codes.log_rates) == (True, True)
+    assert (only_log.rate_codes.rates, only_log.rate_codes.log_rates) == (False, True)
+    assert only_log.rate_codes.codes == both.rate_codes.codes  # the same bytes, sent once
+    # Entropy coding: under one byte per value even for rates spread over ~4 decades (std 12 codes).
+    assert both.rate_codes.ByteSize() < 0.8 * rates.size
+
+
+@pytest.mark.parametrize("shape", [(1200, 512), (3, 1), (1, 7), (0, 4)])
+def test_rice_counts_are_exact(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(5)
+    counts = rng.poisson(rng.lognormal(-0.5, 1.0, shape)).astype(np.int32)
+    if counts.size:
+        counts.flat[0] = 1_000_000  # the sampler's largest rate: escapes nothing, just a longer code
+        counts[-1] = 0
+    packed = pack_rice_counts(counts)
+    message = pb.RiceCodes(parameters=packed.parameters, quotients=packed.quotients, remainders=packed.remainders)
+    np.testing.assert_array_equal(decode_rice(message, *shape, "rice_counts"), counts)
+    if shape == (1200, 512):  # ~1.8 bits per entry where sparse events take 3 bytes per nonzero count
+        assert message.ByteSize() < 0.3 * counts.size < 3 * np.count_nonzero(counts)
+
+
+def test_u8log_needs_rates_even_for_log_rates_alone() -> None:
+    spec, _ = parse_options(pb.EncodeOptions(outputs=[pb.OUTPUT_LOG_RATES], float_format=pb.FLOAT_FORMAT_U8_LOG,
+                                             count_format=pb.COUNT_FORMAT_RICE), 90)
+    assert spec.float_format is FloatFormat.U8_LOG and spec.count_format is CountFormat.RICE
+    assert spec.needs_rates and not spec.needs_counts
 
 
 @pytest.mark.parametrize("encoding", list(ImageEncoding))

@@ -22,6 +22,7 @@ class CountFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COUNT_FORMAT_UNSPECIFIED: _ClassVar[CountFormat]
     COUNT_FORMAT_SPARSE: _ClassVar[CountFormat]
     COUNT_FORMAT_DENSE_U8: _ClassVar[CountFormat]
+    COUNT_FORMAT_RICE: _ClassVar[CountFormat]
 
 class ImageEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +36,7 @@ class FloatFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT_FORMAT_UNSPECIFIED: _ClassVar[FloatFormat]
     FLOAT_FORMAT_FP16: _ClassVar[FloatFormat]
     FLOAT_FORMAT_FP32: _ClassVar[FloatFormat]
+    FLOAT_FORMAT_U8_LOG: _ClassVar[FloatFormat]
 
 class ChannelOrder(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -57,6 +59,7 @@ OUTPUT_STATS: Output
 COUNT_FORMAT_UNSPECIFIED: CountFormat
 COUNT_FORMAT_SPARSE: CountFormat
 COUNT_FORMAT_DENSE_U8: CountFormat
+COUNT_FORMAT_RICE: CountFormat
 IMAGE_ENCODING_UNSPECIFIED: ImageEncoding
 IMAGE_ENCODING_RAW: ImageEncoding
 IMAGE_ENCODING_PNG: ImageEncoding
@@ -64,6 +67,7 @@ IMAGE_ENCODING_JPEG: ImageEncoding
 FLOAT_FORMAT_UNSPECIFIED: FloatFormat
 FLOAT_FORMAT_FP16: FloatFormat
 FLOAT_FORMAT_FP32: FloatFormat
+FLOAT_FORMAT_U8_LOG: FloatFormat
 CHANNEL_ORDER_UNSPECIFIED: ChannelOrder
 CHANNEL_ORDER_BGR: ChannelOrder
 CHANNEL_ORDER_RGB: ChannelOrder
@@ -137,6 +141,32 @@ class DenseCounts(_message.Message):
     saturated: int
     def __init__(self, counts: _Optional[bytes] = ..., saturated: _Optional[int] = ...) -> None: ...
 
+class RiceCodes(_message.Message):
+    __slots__ = ("parameters", "quotients", "remainders")
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    QUOTIENTS_FIELD_NUMBER: _ClassVar[int]
+    REMAINDERS_FIELD_NUMBER: _ClassVar[int]
+    parameters: bytes
+    quotients: bytes
+    remainders: bytes
+    def __init__(self, parameters: _Optional[bytes] = ..., quotients: _Optional[bytes] = ..., remainders: _Optional[bytes] = ...) -> None: ...
+
+class RateCodes(_message.Message):
+    __slots__ = ("log_min", "log_step", "base", "codes", "rates", "log_rates")
+    LOG_MIN_FIELD_NUMBER: _ClassVar[int]
+    LOG_STEP_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    CODES_FIELD_NUMBER: _ClassVar[int]
+    RATES_FIELD_NUMBER: _ClassVar[int]
+    LOG_RATES_FIELD_NUMBER: _ClassVar[int]
+    log_min: float
+    log_step: float
+    base: bytes
+    codes: RiceCodes
+    rates: bool
+    log_rates: bool
+    def __init__(self, log_min: _Optional[float] = ..., log_step: _Optional[float] = ..., base: _Optional[bytes] = ..., codes: _Optional[_Union[RiceCodes, _Mapping]] = ..., rates: _Optional[bool] = ..., log_rates: _Optional[bool] = ...) -> None: ...
+
 class SparseCounts(_message.Message):
     __slots__ = ("patch_offsets", "latents", "counts", "large_counts")
     PATCH_OFFSETS_FIELD_NUMBER: _ClassVar[int]
@@ -182,7 +212,7 @@ class FrameStats(_message.Message):
     def __init__(self, total_spikes: _Optional[int] = ..., active_fraction: _Optional[float] = ..., population_sparsity: _Optional[float] = ..., mean_rate: _Optional[float] = ..., timings: _Optional[_Union[StageTimings, _Mapping]] = ...) -> None: ...
 
 class EncodeResult(_message.Message):
-    __slots__ = ("height", "width", "grid_rows", "grid_cols", "n_patches", "n_latents", "seed", "float_format", "rates", "log_rates", "dense_counts", "sparse_counts", "reconstruction", "preprocessed", "reconstruction_patches", "stats")
+    __slots__ = ("height", "width", "grid_rows", "grid_cols", "n_patches", "n_latents", "seed", "float_format", "rates", "log_rates", "dense_counts", "sparse_counts", "rice_counts", "reconstruction", "preprocessed", "reconstruction_patches", "stats", "rate_codes")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     GRID_ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -195,10 +225,12 @@ class EncodeResult(_message.Message):
     LOG_RATES_FIELD_NUMBER: _ClassVar[int]
     DENSE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     SPARSE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    RICE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     RECONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     PREPROCESSED_FIELD_NUMBER: _ClassVar[int]
     RECONSTRUCTION_PATCHES_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    RATE_CODES_FIELD_NUMBER: _ClassVar[int]
     height: int
     width: int
     grid_rows: int
@@ -211,11 +243,13 @@ class EncodeResult(_message.Message):
     log_rates: bytes
     dense_counts: DenseCounts
     sparse_counts: SparseCounts
+    rice_counts: RiceCodes
     reconstruction: Image
     preprocessed: Image
     reconstruction_patches: bytes
     stats: FrameStats
-    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., grid_rows: _Optional[int] = ..., grid_cols: _Optional[int] = ..., n_patches: _Optional[int] = ..., n_latents: _Optional[int] = ..., seed: _Optional[int] = ..., float_format: _Optional[_Union[FloatFormat, str]] = ..., rates: _Optional[bytes] = ..., log_rates: _Optional[bytes] = ..., dense_counts: _Optional[_Union[DenseCounts, _Mapping]] = ..., sparse_counts: _Optional[_Union[SparseCounts, _Mapping]] = ..., reconstruction: _Optional[_Union[Image, _Mapping]] = ..., preprocessed: _Optional[_Union[Image, _Mapping]] = ..., reconstruction_patches: _Optional[bytes] = ..., stats: _Optional[_Union[FrameStats, _Mapping]] = ...) -> None: ...
+    rate_codes: RateCodes
+    def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., grid_rows: _Optional[int] = ..., grid_cols: _Optional[int] = ..., n_patches: _Optional[int] = ..., n_latents: _Optional[int] = ..., seed: _Optional[int] = ..., float_format: _Optional[_Union[FloatFormat, str]] = ..., rates: _Optional[bytes] = ..., log_rates: _Optional[bytes] = ..., dense_counts: _Optional[_Union[DenseCounts, _Mapping]] = ..., sparse_counts: _Optional[_Union[SparseCounts, _Mapping]] = ..., rice_counts: _Optional[_Union[RiceCodes, _Mapping]] = ..., reconstruction: _Optional[_Union[Image, _Mapping]] = ..., preprocessed: _Optional[_Union[Image, _Mapping]] = ..., reconstruction_patches: _Optional[bytes] = ..., stats: _Optional[_Union[FrameStats, _Mapping]] = ..., rate_codes: _Optional[_Union[RateCodes, _Mapping]] = ...) -> None: ...
 
 class Status(_message.Message):
     __slots__ = ("code", "message")
