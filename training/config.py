@@ -22,7 +22,7 @@ from pvae.errors import ConfigError
 #: Encoder and decoder kinds understood by ``ModelConfig.arch`` ("enc|dec").
 ENCODERS = ("lin", "conv", "conv+b")
 DECODERS = ("lin", "conv")
-#: Latent families: P-VAE and its baselines (pvae-model.md, "Baselines").
+#: Latent families: P-VAE and its baselines (Vafaii, Galor & Yates, NeurIPS 2024; docs/reproduction.md, "Numbers").
 LATENTS = ("poisson", "gaussian", "gaussian-relu", "laplace", "categorical")
 #: Training losses (paper Table 4): mc = Algorithm 1's relaxed samples; exact = the closed-form
 #: expected reconstruction of a linear decoder under Poisson latents (no sampling at all).
@@ -106,7 +106,7 @@ class ModelConfig:
     def prior_init_range(self) -> tuple[float, float]:
         if self.prior_log_rate_init is not None:
             return self.prior_log_rate_init
-        # pvae-model.md: [-6, -4] for linear decoders, [-6, -2] otherwise.
+        # The paper's prior init: [-6, -4] for linear decoders, [-6, -2] otherwise.
         return (-6.0, -4.0) if self.decoder == "lin" else (-6.0, -2.0)
 
 

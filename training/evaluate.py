@@ -1,4 +1,4 @@
-"""Evaluation with the paper's metrics (pvae-model.md, "Metrics"), and the ``pvae-eval`` command.
+"""Evaluation with the paper's metrics (Vafaii, Galor & Yates, NeurIPS 2024), and the ``pvae-eval`` command.
 
 All numbers use exact samples (temperature 0): integer Poisson spike counts for the P-VAE.
 
@@ -22,11 +22,11 @@ from torch import Tensor
 from pvae.cli import run_cli
 from pvae.training.model import VAE, reconstruction_error
 
-#: Active-latent thresholds on the mean KL per latent (pvae-model.md: the paper used about 0.008
-#: for the P-VAE and 0.09 for the G-VAE on patches). Other families use the G-VAE value.
+#: Active-latent thresholds on the mean KL per latent (the paper's Figure 5 used about 0.008 for the
+#: P-VAE and 0.09 for the G-VAE on patches; docs/reproduction.md, "Numbers"). Other families use the G-VAE value.
 ACTIVE_KL_THRESHOLD = {"poisson": 0.008, "gaussian": 0.09, "gaussian-relu": 0.09, "laplace": 0.09,
                        "categorical": 0.09}
-#: Few-label classification (pvae-model.md): k of the kNN and the label budgets.
+#: Few-label classification (docs/reproduction.md, "Geometry"): k of the kNN and the label budgets.
 KNN_K = 5
 KNN_LABELS = (200, 1000, 5000)
 KNN_REPEATS = 5
@@ -35,7 +35,7 @@ KNN_REPEATS = 5
 def sparsity(values: np.ndarray, axis: int) -> np.ndarray:
     """Treves-Rolls sparsity S = (1 - (sum z)^2 / (m sum z^2)) / (1 - 1/m) along ``axis``.
 
-    A unit (or sample) with no activity at all counts as S = 1 (pvae-model.md).
+    A unit (or sample) with no activity at all counts as S = 1.
     """
     z = np.asarray(values, dtype=np.float64)
     m = z.shape[axis]

@@ -3,7 +3,8 @@
     >>> model = VAE(ModelConfig(arch="lin|lin", n_latents=512))
     >>> out = model(torch.randn(8, 256), temperature=0.05)   # out.recon: (8, 256)
 
-Formulas follow pvae-model.md. sc_c(v) = c - softplus(c - v) is a soft upper clamp at c.
+Formulas follow the paper (Vafaii, Galor & Yates, NeurIPS 2024; its recipe in docs/reproduction.md,
+"Training recipe"). sc_c(v) = c - softplus(c - v) is a soft upper clamp at c.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ class LatentFamily(nn.Module):
         raise NotImplementedError
 
     def features(self, post: Posterior) -> Tensor:
-        """Features for downstream classification (pvae-model.md, "Few-label classification")."""
+        """Features for downstream classification (docs/reproduction.md, "Geometry")."""
         raise NotImplementedError
 
 
@@ -308,7 +309,7 @@ class VAE(nn.Module):
         self.encoder = build_encoder(cfg, cfg.n_latents * self.latent.params_per_latent)
         self.decoder = build_decoder(cfg)
         for layer in (self.encoder, self.decoder):
-            if isinstance(layer, nn.Linear):  # pvae-model.md: N(0, 0.05^2) in the linear case
+            if isinstance(layer, nn.Linear):  # the paper's init: N(0, 0.05^2) in the linear case
                 nn.init.normal_(layer.weight, std=cfg.init_std)
 
     def encode(self, x: Tensor) -> Posterior:
@@ -350,7 +351,7 @@ def reconstruction_error(x: Tensor, recon: Tensor) -> Tensor:
 
 
 def loss_terms(x: Tensor, out: VAEOutput, beta: float) -> tuple[Tensor, Tensor, Tensor]:
-    """(loss, mse, kl), each averaged over the batch: loss = mse + beta * kl (pvae-model.md).
+    """(loss, mse, kl), each averaged over the batch: loss = mse + beta * kl (the paper's beta-weighted NELBO).
 
     For an exact-loss output, mse is the expected error over Poisson counts (closed form).
     """

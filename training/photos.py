@@ -9,7 +9,7 @@ Each is also scored in two harsher versions that a webcam produces in bad light:
 - ``-bw``: thresholded at its median (a clipped, black-and-white picture).
 
 A photo is preprocessed whole (as a served frame is), cut into non-overlapping patches away from
-the preprocessing border, and scored with ``mse_map`` (the rates decoded, pvae-model.md) against
+the preprocessing border, and scored with ``mse_map`` (the rates decoded instead of a sample) against
 the all-zeros predictor (the mean patch energy). ``ratio`` = mse_map / zeros; below 1 the model
 explains part of the photo, above 1 it adds more error than it removes.
 

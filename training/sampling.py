@@ -36,7 +36,7 @@ from torch import Tensor
 CUTOFF = 17.0
 #: First chunk of arrivals drawn per element; chunks double after that. Sparse codes need 1-2.
 FIRST_CHUNK = 2
-#: Quantile that n_exp must cover for the largest rate (pvae-model.md).
+#: Quantile that n_exp must cover for the largest rate.
 N_EXP_QUANTILE = 1 - 1e-5
 
 #: Draws exponentials for arrivals [j0, j1) of the flat element indices ``idx``: (j1-j0, len(idx)).

@@ -1,8 +1,8 @@
 """Schedules as pure functions of (step, total steps): temperature, beta and learning rate.
 
-Paper defaults (pvae-model.md): the temperature falls linearly 1.0 -> 0.05 over the first half of
-training and then stays; beta is held at 1e-4 for a fraction c of training, rises linearly to its
-target over the next half, then stays; the learning rate warms up linearly, then follows a cosine.
+Paper defaults (docs/reproduction.md, "Training recipe"): the temperature falls linearly 1.0 -> 0.05
+over the first half of training and then stays; beta is held at 1e-4 for a fraction c of training,
+rises linearly to its target over the next half, then stays; the learning rate warms up linearly, then follows a cosine.
 
 Two cosines are offered (``TrainConfig.lr_schedule``):
 

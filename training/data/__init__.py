@@ -1,6 +1,6 @@
 """Training data: natural image patches and small labelled image datasets.
 
-The natural-patch pipeline follows the "Data" section of ``docs/pvae-model.md``::
+The natural-patch pipeline (described in docs/training.md, "Data")::
 
     grayscale image in [0, 1]
       -> whitening       filter2d with a finite spatial kernel realising R(f) = f exp(-(f/f0)^4)

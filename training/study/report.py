@@ -99,7 +99,7 @@ __all__ = [
 #: thread and 1.7 s on two; 30 logistic regressions took 0.28 s on one BLAS thread and 3.4 s on two).
 DEFAULT_THREADS = 1
 #: Temperature at the end of annealing: 0.05 for the Poisson relaxation, 0.1 for Gumbel-softmax
-#: (pvae-model.md, "Relaxed Poisson sampling" and "Baselines").
+#: (Vafaii, Galor & Yates, NeurIPS 2024: Algorithm 1's relaxed Poisson sampling, and the C-VAE baseline).
 END_TEMPERATURE = {"categorical": 0.1}
 DEFAULT_END_TEMPERATURE = 0.05
 #: The basis tiles of every model shown, by slug (``--render`` reads them back).

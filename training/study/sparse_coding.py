@@ -236,8 +236,8 @@ def learn_dictionary(
 def evaluate_codes(x: Tensor, phi: Tensor, codes: Tensor) -> dict[str, Any]:
     """mse (sum over pixels), L1, lifetime/population sparsity of |a|, and the fraction of atoms in use.
 
-    Sparsity uses the magnitudes |a| in the Treves-Rolls formula (pvae-model.md, "Metrics"), so signed and
-    non-negative codes are measured alike; an atom is "in use" when it is non-zero on >= 1 sample.
+    Sparsity uses the magnitudes |a| in the Treves-Rolls formula (:func:`pvae.training.evaluate.sparsity`), so
+    signed and non-negative codes are measured alike; an atom is "in use" when it is non-zero on >= 1 sample.
     """
     x = x.reshape(x.shape[0], -1).to(phi.dtype)
     residual = x - codes @ phi.T  # (N, D)

@@ -53,7 +53,7 @@ __all__ = [
     "verdict_shattering",
 ]
 
-#: Display names of the latent families (pvae-model.md, "Baselines").
+#: Display names of the latent families (the paper's; docs/reproduction.md, "Numbers").
 FAMILY_NAMES = {"poisson": "P-VAE", "gaussian": "G-VAE", "laplace": "L-VAE", "categorical": "C-VAE",
                 "gaussian-relu": "G-VAE+ReLU"}
 #: "Many more active latents": at least this multiple of the larger of the G- and L-VAE fractions.
