@@ -158,7 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_picture_flags(encode)
     encode.add_argument("--save", metavar="FILE.npz", help="write the codes (rates, counts, seed)")
     encode.add_argument("--seed", type=_seed, help="sampler seed (default: the server draws one; it is printed)")
-    encode.add_argument("--float-format", choices=("fp16", "fp32"), default="fp16", help="precision of the rates")
+    encode.add_argument("--float-format", choices=("fp16", "fp32", "u8log"), default="fp16",
+                        help="precision of the rates (u8log: 8-bit log-grid codes, < 4.3 %% relative error)")
+    encode.add_argument("--count-format", choices=("sparse", "dense_u8", "rice"), default="sparse",
+                        help="spike counts: sparse events, dense uint8 or Rice codes (exact; smallest for busy models)")
     encode.add_argument("--json", action="store_true", help="print the result's summary as JSON")
 
     stream = commands.add_parser("stream", allow_abbrev=False, parents=[connection], formatter_class=formatter,
@@ -186,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "server would, for a third of the bytes)")
     stream.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY, metavar="Q",
                         help="quality of --encoding jpeg, 1..100")
-    stream.add_argument("--float-format", choices=("fp16", "fp32"), default="fp16", help="precision of the rates")
+    stream.add_argument("--float-format", choices=("fp16", "fp32", "u8log"), default="fp16",
+                        help="precision of the rates (u8log: 8-bit log-grid codes, < 4.3 %% relative error)")
+    stream.add_argument("--count-format", choices=("sparse", "dense_u8", "rice"), default="sparse",
+                        help="spike counts: sparse events, dense uint8 or Rice codes (exact; smallest for busy models)")
     stream.add_argument("--out", metavar="FILE.mp4",
                         help="write a side-by-side video: model input (whitened) | reconstruction | spike-count map "
                              "(.mp4 or .avi)")
@@ -287,7 +293,8 @@ def _encode(args: argparse.Namespace) -> int:
     if image is None:
         raise SourceError(f"{path}: not an image OpenCV can read")
     outputs: tuple[OutputName, ...] = ("rates", "counts", "reconstruction", "preprocessed", "stats")
-    options = EncodeOptions(outputs=outputs, seed=args.seed, float_format=args.float_format)
+    options = EncodeOptions(outputs=outputs, seed=args.seed, float_format=args.float_format,
+                            count_format=args.count_format)
     with _client(args) as client:
         info = client.info()
         result = client.encode(path.read_bytes(), options)  # the file as is: the server decodes it exactly
@@ -465,7 +472,7 @@ def _stream(args: argparse.Namespace) -> int:
         info = client.info()  # waits (bounded) for the server to be reachable
         policy: Policy = args.policy if args.policy != POLICY_AUTO else ("drop_oldest" if source.live else "block")
         options = EncodeOptions(outputs=_stream_outputs(args, wants_picture), seed=args.seed,
-                                float_format=args.float_format)
+                                float_format=args.float_format, count_format=args.count_format)
         _open_sinks(args, client, info, source, options, policy, sinks)
         min_side = info.model.min_frame_side
         if args.size is not None and min(args.size) < min_side:

@@ -10,6 +10,7 @@ shows a picture that changes (its own frame counter says so; no test waits a fix
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import grpc
 import numpy as np
 import pytest
-from helpers import BundleGraphs, wait_for
+from helpers import BundleGraphs, serve_config, wait_for
 
 from pvae.bundle import Bundle
 from pvae.clients import (
@@ -41,6 +43,7 @@ from pvae.clients import (
     ServerUnavailable,
     SyntheticCamera,
     cli,
+    frame_to_proto,
     load_codes,
     to_gray,
 )
@@ -50,6 +53,8 @@ from pvae.clients.results import decode_result
 from pvae.errors import ConfigError
 from pvae.serving.config import ServeConfig
 from pvae.serving.inprocess import InProcessServer
+from pvae.v1 import pvae_pb2 as pb
+from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
 ort = pytest.importorskip("onnxruntime")
 from pvae.export.sampler import poisson_reference  # noqa: E402 - after the onnxruntime check
@@ -164,6 +169,82 @@ def test_formats_agree(client: Client) -> None:
     assert compact.counts_saturated == 0
     encoded = client.encode(cv2.imencode(".png", to_gray(frame))[1].tobytes(), EncodeOptions(seed=7))
     assert encoded.counts is not None and encoded.counts.shape == exact.rates.shape
+
+
+#: pvae.proto's bound on FLOAT_FORMAT_U8_LOG rates: relative error at most exp(0.084 / 2) - 1 < 4.3 %.
+U8_LOG_BOUND = float(np.expm1(0.042))
+#: The wire budget of a VGA round trip (raw uint8 frame in, rates + log-rates + counts out), bytes.
+VGA_ROUND_TRIP_BUDGET = 800_000
+
+
+def test_compact_formats_round_trip_through_the_server(client: Client) -> None:
+    """u8log rates and log-rates within the stated bound of the fp32 ones, Rice counts exactly the fp32
+    request's counts (the same seed), unary and streamed."""
+    frames = _frames(3)
+    exact_options = EncodeOptions(outputs=("rates", "log_rates", "counts"), seed=7, float_format="fp32")
+    compact_options = dataclasses.replace(exact_options, float_format="u8log", count_format="rice")
+    exact = list(client.stream(frames, options=exact_options))
+    compact = list(client.stream(frames, options=compact_options))
+    unary = client.encode(frames[0], compact_options)
+    for fp32, small in zip([exact[0], *exact], [unary, *compact], strict=True):
+        assert small.ok and fp32.rates is not None and small.rates is not None and small.log_rates is not None
+        assert small.rates.dtype == np.float32 and small.rates.shape == fp32.rates.shape
+        assert np.abs(small.rates / fp32.rates - 1).max() <= U8_LOG_BOUND + 1e-6
+        assert np.abs(small.log_rates - np.log(fp32.rates.astype(np.float64))).max() <= 0.042 + 1e-5
+        np.testing.assert_array_equal(small.counts, fp32.counts)
+        assert small.response_bytes < fp32.response_bytes / 3
+    # The request's outputs still decide what the client sees: log-rates alone come without rates.
+    log_only = client.encode(frames[0], EncodeOptions(outputs=("log_rates",), float_format="u8log"))
+    assert log_only.rates is None and log_only.counts is None and log_only.log_rates is not None
+    np.testing.assert_array_equal(log_only.log_rates, unary.log_rates)
+
+
+@pytest.fixture(scope="module")
+def default_model_server() -> Iterator[InProcessServer]:
+    """An in-process server of the shipped default model (K = 512), for wire sizes at the real K."""
+    import pvae
+    from pvae.bundle import load_bundle
+    from pvae.paths import DEFAULT_BUNDLE_RESOURCE
+    from pvae.serving.engine import DevicePlan, Engine
+
+    engine = Engine(load_bundle(Path(pvae.__file__).parent / DEFAULT_BUNDLE_RESOURCE), DevicePlan("cpu"))
+    with InProcessServer(serve_config(), engine=engine, auth_tokens=()) as running:
+        yield running
+
+
+def test_a_vga_round_trip_with_compact_rates_and_counts_fits_the_budget(default_model_server: InProcessServer) -> None:
+    """Request + response message bytes of a raw 640 x 480 frame with rates, log-rates and counts of the
+    default model (K = 512) are at most 0.8 MB with u8log rates and Rice counts; the sizes of the other
+    formats are printed (pytest -s) for comparison."""
+    skimage_data = pytest.importorskip("skimage.data")
+    frame = cv2.resize(to_gray(skimage_data.astronaut()), (640, 480), interpolation=cv2.INTER_AREA)
+    wanted = ("rates", "log_rates", "counts")
+    runs = {
+        "default outputs (fp16 rates, sparse counts, stats)": EncodeOptions(seed=3),
+        "rates + log_rates + counts, fp16 + sparse": EncodeOptions(outputs=wanted, seed=3),
+        "rates + log_rates + counts, u8log + sparse": EncodeOptions(outputs=wanted, seed=3, float_format="u8log"),
+        "rates + log_rates + counts, u8log + rice": EncodeOptions(outputs=wanted, seed=3, float_format="u8log",
+                                                                  count_format="rice"),
+    }
+    sizes: dict[str, tuple[int, int]] = {}
+    results: dict[str, FrameResult] = {}
+    with grpc.insecure_channel(default_model_server.address) as channel:
+        stub = pb_grpc.EncoderStub(channel)
+        for label, options in runs.items():
+            request = pb.EncodeRequest(frame=frame_to_proto(frame), options=options.to_proto())
+            response = stub.Encode(request, timeout=120)
+            sizes[label] = (request.ByteSize(), response.ByteSize())
+            results[label] = decode_result(response.result)
+    print("\nVGA round trip, default model (K = 512), raw uint8 frame in, message bytes:")
+    for label, (sent, received) in sizes.items():
+        print(f"  {label:<52} request {sent:>9,}  response {received:>9,}  total {sent + received:>9,}")
+    sent, received = sizes["rates + log_rates + counts, u8log + rice"]
+    assert sent >= 640 * 480 and sent + received <= VGA_ROUND_TRIP_BUDGET
+    compact = results["rates + log_rates + counts, u8log + rice"]
+    fp16 = results["rates + log_rates + counts, fp16 + sparse"]
+    assert compact.rates is not None and fp16.rates is not None and compact.rates.shape == (30, 40, 512)
+    np.testing.assert_array_equal(compact.counts, fp16.counts)  # exact, same seed
+    assert np.abs(compact.rates / fp16.rates - 1).max() <= U8_LOG_BOUND + 2.0**-10  # fp16's own rounding too
 
 
 def test_a_bad_frame_fails_in_band_and_the_stream_goes_on(client: Client) -> None:

@@ -103,6 +103,68 @@ def test_rates_decode_from_fp16_and_fp32() -> None:
         np.testing.assert_allclose(decoded.reshape(6, K), rates, rtol=tolerance, atol=0)
 
 
+def _bits(text: str) -> bytes:
+    """A bit string such as "0110" packed most significant bit first, zero-padded (pvae.proto RiceCodes)."""
+    return np.packbits(np.array([int(bit) for bit in text], np.uint8)).tobytes()
+
+
+def test_rice_counts_decode_as_the_proto_specifies() -> None:
+    # (2, 2) counts [[0, 5], [3, 1]] with Rice parameters k = [0, 1], coded by hand from pvae.proto:
+    # quotients v >> k in unary: 0 -> "0", 5 >> 1 = 2 -> "110", 3 -> "1110", 1 >> 1 = 0 -> "0";
+    # remainders (k bits each, column 1 only): 5 & 1 = 1, 1 & 1 = 1.
+    rice = pb.RiceCodes(parameters=bytes([0, 1]), quotients=_bits("0" + "110" + "1110" + "0"), remainders=_bits("11"))
+    message = pb.EncodeResult(grid_rows=1, grid_cols=2, n_patches=2, n_latents=2, rice_counts=rice)
+    decoded, saturated = decode_counts(message)
+    assert decoded is not None and decoded.dtype == np.int32 and saturated == 0
+    np.testing.assert_array_equal(decoded, [[0, 5], [3, 1]])
+    assert decode_result(message).counts.tolist() == [[[0, 5], [3, 1]]]  # type: ignore[union-attr]
+
+
+def _u8log_message(rates: bool, log_rates: bool) -> pb.EncodeResult:
+    # Codes [[10, 11], [9, 0]] with base codes [10, 0]: code - base = [[0, 11], [-1, 0]], zigzag
+    # [[0, 22], [1, 0]], Rice coded with k = [0, 0] (unary only).
+    codes = pb.RiceCodes(parameters=bytes([0, 0]), quotients=_bits("0" + "1" * 22 + "0" + "10" + "0"))
+    grid = pb.RateCodes(log_min=-16.0, log_step=0.084, base=bytes([10, 0]), codes=codes, rates=rates,
+                        log_rates=log_rates)
+    return pb.EncodeResult(n_patches=2, n_latents=2, float_format=pb.FLOAT_FORMAT_U8_LOG, rate_codes=grid)
+
+
+def test_u8log_rates_and_log_rates_decode_from_one_payload() -> None:
+    result = decode_result(_u8log_message(rates=True, log_rates=True))
+    assert result.rates is not None and result.log_rates is not None
+    assert result.rates.dtype == np.float32 and result.rates.shape == (2, 2)
+    expected_log = np.array([[-16 + 9 * 0.084, -16 + 10 * 0.084], [-16 + 8 * 0.084, -np.inf]])
+    np.testing.assert_allclose(result.log_rates, expected_log, rtol=1e-6)
+    np.testing.assert_allclose(result.rates, np.exp(expected_log), rtol=1e-6)
+    assert result.rates[1, 1] == 0.0  # code 0: a rate of exactly 0
+    # The request's outputs decide what the client sees: the same codes, log-rates only.
+    only_log = decode_result(_u8log_message(rates=False, log_rates=True))
+    assert only_log.rates is None and only_log.log_rates is not None
+
+
+@pytest.mark.parametrize("damage", ["short_quotients", "long_quotients", "remainders", "parameter", "float_bytes",
+                                    "grid", "code_range"])
+def test_malformed_compact_formats_raise_protocol_error(damage: str) -> None:
+    message = _u8log_message(rates=True, log_rates=True)
+    codes = message.rate_codes.codes
+    if damage == "short_quotients":
+        codes.quotients = codes.quotients[:2]
+    elif damage == "long_quotients":
+        codes.quotients += b"\x00"
+    elif damage == "remainders":
+        codes.remainders = b"\x00"
+    elif damage == "parameter":
+        codes.parameters = bytes([0, 32])
+    elif damage == "float_bytes":
+        message.rates = b"\x00" * 8
+    elif damage == "grid":
+        message.rate_codes.log_step = 0.0
+    else:  # base 250 + 11 lies beyond code 255
+        message.rate_codes.base = bytes([10, 250])
+    with pytest.raises(ProtocolError, match="malformed response"):
+        decode_result(message)
+
+
 def test_images_decode_raw_and_png() -> None:
     image = np.arange(12 * 20, dtype=np.uint8).reshape(12, 20)
     raw = pb.Image(encoding=pb.IMAGE_ENCODING_RAW, height=12, width=20, data=image.tobytes())
@@ -182,6 +244,8 @@ def test_options_and_settings_map_onto_the_proto() -> None:
     assert (message.count_format, message.image_encoding, message.float_format) == (
         pb.COUNT_FORMAT_DENSE_U8, pb.IMAGE_ENCODING_PNG, pb.FLOAT_FORMAT_FP32)
     assert not EncodeOptions().to_proto().HasField("seed")
+    compact = EncodeOptions(count_format="rice", float_format="u8log").to_proto()
+    assert (compact.count_format, compact.float_format) == (pb.COUNT_FORMAT_RICE, pb.FLOAT_FORMAT_U8_LOG)
     assert StreamSettings(window=3, policy="drop_oldest").to_proto() == pb.StreamSettings(
         window=3, policy=pb.WINDOW_POLICY_DROP_OLDEST)
     with pytest.raises(ConfigError, match="window"):

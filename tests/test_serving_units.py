@@ -251,8 +251,8 @@ def test_u8log_rates_are_within_the_stated_bound_over_the_models_whole_range() -
     message = _rate_codes_message(rates)
     assert not message.rates and not message.log_rates and message.float_format == pb.FLOAT_FORMAT_U8_LOG
     assert (message.rate_codes.log_min, message.rate_codes.log_step) == (RATE_CODE_LOG_MIN, RATE_CODE_LOG_STEP)
-    assert RATE_CODE_LOG_MIN <= np.log(RATE_FLOOR) and RATE_CODE_LOG_MIN + 254 * RATE_CODE_LOG_STEP >= np.log(
-        MODEL_MAX_RATE)  # the grid covers the model's range
+    grid_top = RATE_CODE_LOG_MIN + 254 * RATE_CODE_LOG_STEP
+    assert np.log(RATE_FLOOR) >= RATE_CODE_LOG_MIN and np.log(MODEL_MAX_RATE) <= grid_top  # covers the model's range
     decoded, decoded_log = decode_rate_codes(message.rate_codes, *rates.shape)
     assert decoded.dtype == np.float32 and decoded_log.dtype == np.float32
     zero = rates == 0
