@@ -44,22 +44,19 @@ from pvae.inference import grpc_service_pb2 as oip
 from pvae.inference import grpc_service_pb2_grpc, model_config_pb2
 from pvae.serving.config import ServeConfig
 from pvae.serving.memory import tune_malloc
-from pvae.serving.oip import (
+from pvae.serving.oip_models import (
     DATATYPES,
     FLOAT_DATATYPE,
-    INFER_RESPONSE_TAG,
     MODEL_VERSION,
-    RAW_OUTPUT_TAG,
     SERVICE_NAME,
     ModelSpec,
-    ModelStats,
-    float_format,
     model_config,
     model_metadata,
     model_specs,
-    requested_outputs,
-    varint,
 )
+from pvae.serving.oip_stats import ModelStats
+from pvae.serving.oip_tensors import float_format, requested_outputs
+from pvae.serving.oip_wire import INFER_RESPONSE_TAG, RAW_OUTPUT_TAG, varint
 from pvae.serving.wire import passing_bytes
 
 __all__ = ["MODEL_NAME", "PLATFORM", "FloorServicer", "floor_model", "main", "start_floor"]

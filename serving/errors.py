@@ -2,13 +2,14 @@
 
     PVAEError
     ├── InputError                  bad shape, size, options or undecodable image -> INVALID_ARGUMENT
-    │   └── PayloadTooLargeError    a frame or message beyond a size limit        -> RESOURCE_EXHAUSTED
+    │   ├── PayloadTooLargeError    a frame or message beyond a size limit        -> RESOURCE_EXHAUSTED
+    │   └── ModelNotFoundError      an OIP request names a model or version not served -> NOT_FOUND
     └── ServingError
         ├── OverloadedError         queues full, too many streams                   -> RESOURCE_EXHAUSTED
         ├── UnavailableError        warming up or draining                          -> UNAVAILABLE
         └── InferenceError          ONNX Runtime failed on a batch                  -> INTERNAL
 
-The compute modules raise these; only the servicer turns them into status codes.
+The compute modules raise these; pvae.serving.status alone turns them into status codes.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pvae.errors import InputError, PVAEError
 
 __all__ = [
     "InferenceError",
+    "ModelNotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
     "ServingError",
@@ -30,6 +32,10 @@ class ServingError(PVAEError):
 
 class PayloadTooLargeError(InputError):
     """A frame payload or a response is larger than the configured limit."""
+
+
+class ModelNotFoundError(InputError):
+    """The request names a model or version this server does not serve."""
 
 
 class OverloadedError(ServingError):

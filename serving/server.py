@@ -156,7 +156,6 @@ class RunningServer:
         await self.health.enter_graceful_shutdown()
         self.metrics.ready.set(0)
         self.servicer.begin_drain()
-        self.oip.begin_drain()
         await self.server.stop(grace)  # refuses new RPCs; cancels what still runs after `grace`
         await self.batcher.stop()
         self.servicer.close()
@@ -218,7 +217,7 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
         ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ])
     pb_grpc.add_EncoderServicer_to_server(servicer, server)
-    oip = InferenceServicer(servicer)
+    oip = InferenceServicer(servicer.core)
     oip_grpc.add_GRPCInferenceServiceServicer_to_server(oip, server)
     health = HealthServicer()
     for service in HEALTH_SERVICES:

@@ -27,7 +27,8 @@ from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 from pvae.inference import model_config_pb2 as mc
 from pvae.serving.engine import Engine
 from pvae.serving.inprocess import InProcessServer
-from pvae.serving.oip import MODEL_NAMES, read_inputs
+from pvae.serving.oip_models import MODEL_NAMES
+from pvae.serving.oip_tensors import read_inputs
 
 TIMEOUT_S = 30.0
 
@@ -353,7 +354,7 @@ def test_huge_dims_are_refused_before_allocation(stub: oip_grpc.GRPCInferenceSer
 
 def test_read_inputs_refuses_mixed_and_short_typed_contents(tiny_bundle: Bundle) -> None:
     from pvae.errors import InputError
-    from pvae.serving.oip import model_specs
+    from pvae.serving.oip_models import model_specs
 
     model = model_specs(tiny_bundle.n_latents, 4)["pvae_rates"]
     short = oip.ModelInferRequest(model_name="pvae_rates")

@@ -555,11 +555,17 @@ def test_graceful_shutdown_finishes_frames_in_flight(engine: Engine) -> None:
         assert wait_until(lambda: sample(server.registry, "pvae_received_bytes_total", rpc="Encode") > 0)
         stopper = threading.Thread(target=server.stop, kwargs={"grace": 10.0})
         stopper.start()
+        dropped: list[int] = []
         with pytest.raises(grpc.RpcError) as info:
             for response in call:
+                if response.WhichOneof("outcome") is None:  # the frame read as the drain began: reported dropped
+                    assert response.dropped_count == len(response.dropped_sequences) == 1
+                    dropped.extend(response.dropped_sequences)
+                    continue
                 assert response.WhichOneof("outcome") == "result", response.error.message
                 received.append(response.sequence)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "draining" in info.value.details()
+        assert all(sequence == len(received) for sequence in dropped)  # right after the last answered one
         assert unary.result().result.n_patches == 16 * 20  # the unary call in flight finished too
         stopper.join(30)
         assert received == list(range(len(received)))
