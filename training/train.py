@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import os
 import sys
 import time
-import typing
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from pvae import __version__
-from pvae.cli import run_cli
+from pvae.cli import add_config_flags, flag_values, run_cli
 from pvae.errors import ConfigError, TrainingDivergedError
 from pvae.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from pvae.training.config import (
@@ -313,17 +311,6 @@ def write_figures(out_dir: Path, model: VAE, history: list[dict[str, Any]], val_
 # ----------------------------------------------------------------------------- CLI
 
 
-def _field_type(hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin is tuple or (args and typing.get_origin(args[0]) is tuple):
-        inner = typing.get_args(args[0] if origin is not tuple else hint)[0]
-        return lambda text: tuple(inner(v) for v in text.split(","))
-    if args and origin is not None:
-        return args[0]
-    return hint
-
-
 def build_parser(preset: str = "quick") -> argparse.ArgumentParser:
     """The CLI mirrors TrainConfig and ModelConfig one to one: every field is ``--field-name``.
 
@@ -343,25 +330,11 @@ def build_parser(preset: str = "quick") -> argparse.ArgumentParser:
     p.add_argument("--stop-after-epochs", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="stop after epoch N of the configured schedule (schedules keep their full length; "
                         "--resume continues): to study the start of a long run (default: run to the end)")
-    docs = _field_docs()  # parsed only when a parser is built, not on every import
     base = get_preset(preset if preset in PRESETS else "quick")
-    for cls, group_name, values in ((ModelConfig, "model", base.model), (TrainConfig, "training", base)):
-        group = p.add_argument_group(f"{group_name} (defaults: preset {preset!r})")
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name == "model":
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            hint = hints[f.name]
-            value = getattr(values, f.name)
-            shown = ",".join(str(v) for v in value) if isinstance(value, tuple) else value
-            doc = (docs.get(f.name) or "").replace("%", "%%") + f" (default: {shown})".replace("%", "%%")
-            # SUPPRESS: an absent flag leaves no attribute, so the preset's value stands.
-            if hint is bool:
-                group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                   default=argparse.SUPPRESS, help=doc)
-            else:
-                group.add_argument(flag, dest=f.name, type=_field_type(hint), default=argparse.SUPPRESS, help=doc)
+    # suppress: an absent flag leaves no attribute, so the preset's value stands.
+    add_config_flags(p, ModelConfig, defaults=base.model, suppress=True, group=f"model (defaults: preset {preset!r})")
+    add_config_flags(p, TrainConfig, defaults=base, suppress=True, exclude=("model",),
+                     group=f"training (defaults: preset {preset!r})")
     return p
 
 
@@ -373,33 +346,11 @@ def _preset_named(argv: Sequence[str] | None) -> str:
     return str(known.preset)
 
 
-def _field_docs() -> dict[str, str]:
-    """Field docstrings of the config classes, for --help (read from the source once)."""
-    import ast
-    import inspect
-
-    from pvae.training import config as config_module
-
-    docs: dict[str, str] = {}
-    tree = ast.parse(inspect.getsource(config_module))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef):
-            body = node.body
-            for a, b in itertools.pairwise(body):
-                if (isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr)
-                        and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str)):
-                    docs[a.target.id] = b.value.value
-    return docs
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset named by ``--preset`` with the field flags given laid over it."""
     base = get_preset(args.preset)
-    model_over = {f.name: getattr(args, f.name) for f in dataclasses.fields(ModelConfig)
-                  if getattr(args, f.name, None) is not None}
-    train_over = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                  if f.name != "model" and getattr(args, f.name, None) is not None}
-    model = dataclasses.replace(base.model, **model_over)
-    return dataclasses.replace(base, model=model, **train_over)
+    model = dataclasses.replace(base.model, **flag_values(ModelConfig, args))
+    return dataclasses.replace(base, **{**flag_values(TrainConfig, args), "model": model})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
