@@ -1,7 +1,8 @@
 """The server's configuration: one frozen dataclass, validated on construction, mirrored by the CLI.
 
-Every field carries its help text in ``metadata["help"]``; ``pvae-serve`` builds its flags from
-them (``--max-batch-frames`` for ``max_batch_frames``), so the two never drift apart.
+Every field's docstring is its flag's help text: ``pvae-serve`` builds its flags from the fields
+(``--max-batch-frames`` for ``max_batch_frames``, see ``pvae.cli.add_config_flags``), so the two never
+drift apart.
 
     >>> config = ServeConfig(port=0, max_batch_frames=4)        # ConfigError on a bad field
     >>> config.bind_address
@@ -10,7 +11,7 @@ them (``--max-batch-frames`` for ``max_batch_frames``), so the two never drift a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from pvae.errors import ConfigError
@@ -45,70 +46,80 @@ def _check(ok: bool, name: str, message: str) -> None:
 class ServeConfig:
     """Everything ``pvae-serve`` can be told; plain data with no side effects."""
 
-    model: str | None = field(default=None, metadata={
-        "help": "an export bundle directory, or a checkpoint (.pt) exported on the fly into the cache "
-                "(needs pvae[train]); default: the bundled default model"})
-    device: Device = field(default="auto", metadata={
-        "help": "cpu, cuda, or auto (CUDA when onnxruntime-gpu sees a GPU, else CPU)"})
-    gpu: int | None = field(default=None, metadata={
-        "help": "run on CUDA GPU N (CUDA execution provider with I/O binding); implies --device cuda"})
-    host: str = field(default="127.0.0.1", metadata={"help": "address to bind (0.0.0.0 for all interfaces)"})
-    port: int = field(default=50051, metadata={"help": "gRPC port; 0 picks a free one"})
-    reuse_port: bool = field(default=False, metadata={
-        "help": "share the gRPC port with other processes (SO_REUSEPORT; clients are then split between them at "
-                "random); off: a port another process holds is an error"})
-    metrics_port: int | None = field(default=9464, metadata={
-        "help": "Prometheus /metrics HTTP port; 0 picks a free one; unset in code disables it"})
-    intra_op_threads: int = field(default=0, metadata={
-        "help": "ONNX Runtime intra-op threads per session; 0 = one per core"})
-    inference_workers: int = field(default=1, metadata={
-        "help": "inference calls that may run at once; on a CPU host, N workers with --intra-op-threads 1 "
-                "serve N requests side by side instead of splitting each across the cores"})
-    decode_threads: int = field(default=2, metadata={"help": "threads that decode JPEG/PNG frames"})
-    max_batch_frames: int = field(default=8, metadata={
-        "help": "most frames (of one size, from any streams) in one inference call"})
-    max_batch_delay_s: float = field(default=0.002, metadata={
-        "help": "longest a frame waits for companions of its size before its batch runs, in seconds"})
-    max_queue_frames: int = field(default=64, metadata={
-        "help": "most frames waiting for inference across all streams; beyond: RESOURCE_EXHAUSTED"})
-    max_streams: int = field(default=64, metadata={"help": "most concurrent streams"})
-    default_window: int = field(default=4, metadata={
-        "help": "in-flight window (frames) of a stream that does not choose one"})
-    max_window: int = field(default=32, metadata={"help": "largest in-flight window a stream may choose"})
-    max_frame_height: int = field(default=DEFAULT_MAX_SIDE, metadata={"help": "largest frame height, pixels"})
-    max_frame_width: int = field(default=DEFAULT_MAX_SIDE, metadata={"help": "largest frame width, pixels"})
-    max_frame_pixels: int = field(default=UHD_PIXELS, metadata={"help": "largest frame area, pixels"})
-    max_frame_bytes: int = field(default=16 * MIB, metadata={
-        "help": "largest frame payload (encoded file or raw pixels), bytes"})
-    max_patches: int = field(default=65536, metadata={"help": "most patches in one Encode patch batch"})
-    max_receive_message_bytes: int = field(default=32 * MIB, metadata={
-        "help": "gRPC limit on a request message, bytes"})
-    max_send_message_bytes: int = field(default=64 * MIB, metadata={
-        "help": "gRPC limit on a response message, bytes"})
-    default_jpeg_quality: int = field(default=DEFAULT_JPEG_QUALITY, metadata={
-        "help": "JPEG quality when a request asks for JPEG without one, 1..100"})
-    warmup_sizes: tuple[tuple[int, int], ...] = field(default=((480, 640),), metadata={
-        "help": "frame sizes HxW (comma-separated, e.g. 480x640,720x1280) run once before SERVING, so the "
-                "first real frame of that size does not pay ONNX Runtime's first-run allocations"})
-    drain_grace_s: float = field(default=10.0, metadata={
-        "help": "on SIGTERM, how long in-flight frames may take to finish before streams are cut, seconds"})
-    tls_cert: str | None = field(default=None, metadata={
-        "help": "server certificate chain (PEM); with --tls-key the server speaks TLS only"})
-    tls_key: str | None = field(default=None, metadata={"help": "private key of --tls-cert (PEM)"})
-    tls_ca: str | None = field(default=None, metadata={
-        "help": "CA certificate(s) (PEM) that client certificates must chain to: mutual TLS, clients without "
-                "a valid certificate are refused; needs --tls-cert"})
-    auth_token_file: str | None = field(default=None, metadata={
-        "help": "file of bearer tokens, one a line ('#' comments); calls must send 'authorization: Bearer "
-                "<token>' (health checks excepted); tokens in $PVAE_AUTH_TOKENS are accepted too"})
-    log_burst: int = field(default=5, metadata={
-        "help": "log messages of one kind (same logger and message template; for native libraries such as "
-                "libjpeg, the same line up to its digits) written per --log-interval-s; further ones are counted "
-                "and summarised in one line, so no client can flood the log; 0 turns the limit off"})
-    log_interval_s: float = field(default=60.0, metadata={"help": "the interval of --log-burst, seconds"})
-    cache_dir: str | None = field(default=None, metadata={
-        "help": "where checkpoints given to --model are exported (default: $PVAE_CACHE_DIR or "
-                "~/.cache/pvae)"})
+    model: str | None = None
+    """an export bundle directory, or a checkpoint (.pt) exported on the fly into the cache (needs pvae[train]);
+    default: the bundled default model"""
+    device: Device = "auto"
+    """cpu, cuda, or auto (CUDA when onnxruntime-gpu sees a GPU, else CPU)"""
+    gpu: int | None = None
+    """run on CUDA GPU N (CUDA execution provider with I/O binding); implies --device cuda"""
+    host: str = "127.0.0.1"
+    """address to bind (0.0.0.0 for all interfaces)"""
+    port: int = 50051
+    """gRPC port; 0 picks a free one"""
+    reuse_port: bool = False
+    """share the gRPC port with other processes (SO_REUSEPORT; clients are then split between them at random); off:
+    a port another process holds is an error"""
+    metrics_port: int | None = 9464
+    """Prometheus /metrics HTTP port; 0 picks a free one; unset in code disables it"""
+    intra_op_threads: int = 0
+    """ONNX Runtime intra-op threads per session; 0 = one per core"""
+    inference_workers: int = 1
+    """inference calls that may run at once; on a CPU host, N workers with --intra-op-threads 1 serve N requests
+    side by side instead of splitting each across the cores"""
+    decode_threads: int = 2
+    """threads that decode JPEG/PNG frames"""
+    max_batch_frames: int = 8
+    """most frames (of one size, from any streams) in one inference call"""
+    max_batch_delay_s: float = 0.002
+    """longest a frame waits for companions of its size before its batch runs, in seconds"""
+    max_queue_frames: int = 64
+    """most frames waiting for inference across all streams; beyond: RESOURCE_EXHAUSTED"""
+    max_streams: int = 64
+    """most concurrent streams"""
+    default_window: int = 4
+    """in-flight window (frames) of a stream that does not choose one"""
+    max_window: int = 32
+    """largest in-flight window a stream may choose"""
+    max_frame_height: int = DEFAULT_MAX_SIDE
+    """largest frame height, pixels"""
+    max_frame_width: int = DEFAULT_MAX_SIDE
+    """largest frame width, pixels"""
+    max_frame_pixels: int = UHD_PIXELS
+    """largest frame area, pixels"""
+    max_frame_bytes: int = 16 * MIB
+    """largest frame payload (encoded file or raw pixels), bytes"""
+    max_patches: int = 65536
+    """most patches in one Encode patch batch"""
+    max_receive_message_bytes: int = 32 * MIB
+    """gRPC limit on a request message, bytes"""
+    max_send_message_bytes: int = 64 * MIB
+    """gRPC limit on a response message, bytes"""
+    default_jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    """JPEG quality when a request asks for JPEG without one, 1..100"""
+    warmup_sizes: tuple[tuple[int, int], ...] = ((480, 640),)
+    """frame sizes HxW (comma-separated, e.g. 480x640,720x1280) run once before SERVING, so the first real frame of
+    that size does not pay ONNX Runtime's first-run allocations"""
+    drain_grace_s: float = 10.0
+    """on SIGTERM, how long in-flight frames may take to finish before streams are cut, seconds"""
+    tls_cert: str | None = None
+    """server certificate chain (PEM); with --tls-key the server speaks TLS only"""
+    tls_key: str | None = None
+    """private key of --tls-cert (PEM)"""
+    tls_ca: str | None = None
+    """CA certificate(s) (PEM) that client certificates must chain to: mutual TLS, clients without a valid
+    certificate are refused; needs --tls-cert"""
+    auth_token_file: str | None = None
+    """file of bearer tokens, one a line ('#' comments); calls must send 'authorization: Bearer <token>' (health
+    checks excepted); tokens in $PVAE_AUTH_TOKENS are accepted too"""
+    log_burst: int = 5
+    """log messages of one kind (same logger and message template; for native libraries such as libjpeg, the same
+    line up to its digits) written per --log-interval-s; further ones are counted and summarised in one line, so no
+    client can flood the log; 0 turns the limit off"""
+    log_interval_s: float = 60.0
+    """the interval of --log-burst, seconds"""
+    cache_dir: str | None = None
+    """where checkpoints given to --model are exported (default: $PVAE_CACHE_DIR or ~/.cache/pvae)"""
 
     def __post_init__(self) -> None:
         _check(self.device in DEVICES, "device", f"must be one of {', '.join(DEVICES)}, got {self.device!r}")

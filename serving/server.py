@@ -24,13 +24,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import signal
 import sys
-import types
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +40,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from pvae import __version__
 from pvae.bundle import Bundle
-from pvae.cli import run_cli
+from pvae.cli import Flag, add_config_flags, flag_values, run_cli
 from pvae.errors import ConfigError
 from pvae.inference import grpc_service_pb2_grpc as oip_grpc
 from pvae.serving.batcher import Batcher
@@ -315,39 +312,26 @@ def _metrics_port(text: str) -> int | None:
     return int(text)
 
 
+def _sizes_text(sizes: tuple[tuple[int, int], ...]) -> str:
+    return ",".join(f"{h}x{w}" for h, w in sizes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """One flag per ServeConfig field (``max_batch_frames`` -> ``--max-batch-frames``)."""
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="pvae-serve",
                                      description="Serve a P-VAE bundle over gRPC: pvae.v1.Encoder and the Open "
                                      "Inference Protocol (inference.GRPCInferenceService), on one port.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    hints = typing.get_type_hints(ServeConfig)
-    for f in dataclasses.fields(ServeConfig):
-        flag = "--" + f.name.replace("_", "-")
-        hint = hints[f.name]
-        kwargs: dict[str, Any] = {"default": f.default, "help": f.metadata.get("help", ""), "dest": f.name}
-        if f.name == "metrics_port":
-            kwargs["type"] = _metrics_port
-            kwargs["help"] += " ('off' disables)"
-        elif f.name == "warmup_sizes":
-            kwargs["type"] = _sizes
-            kwargs["default"] = ",".join(f"{h}x{w}" for h, w in f.default)  # type: ignore[union-attr]
-        elif hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(hint) is typing.Literal:
-            kwargs["choices"] = typing.get_args(hint)
-        else:
-            args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(
-                hint, types.UnionType) else [hint]
-            kwargs["type"] = args[0]
-        parser.add_argument(flag, **kwargs)
+    add_config_flags(parser, ServeConfig, flags={
+        "metrics_port": Flag(parse=_metrics_port, help="{doc} ('off' disables)"),
+        "warmup_sizes": Flag(parse=_sizes, format=_sizes_text),
+    })
     return parser
 
 
 def config_from_args(argv: Sequence[str] | None) -> ServeConfig:
     """Parse flags into a validated ServeConfig (ConfigError on a bad value)."""
-    args = build_parser().parse_args(argv)
-    return ServeConfig(**vars(args))
+    return ServeConfig(**flag_values(ServeConfig, build_parser().parse_args(argv)))
 
 
 def _main(argv: Sequence[str] | None) -> int:
