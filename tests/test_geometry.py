@@ -12,8 +12,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from pvae.training.study import geometry
-from pvae.training.study.geometry import knn_paper_protocol, paired_comparison
+from pvae.training import knn
+from pvae.training.knn import knn_paper_protocol
+from pvae.training.study.geometry import paired_comparison
 from pvae.training.study.shattering import balanced_splits, shattering_dimensionality, stratified_subsample
 
 
@@ -53,7 +54,7 @@ def test_knn_draws_come_from_the_pool_without_replacement(monkeypatch: pytest.Mo
         seen.append((x_train[:, 0].copy(), x_eval[:, 0].copy()))
         return 0.5
 
-    monkeypatch.setattr(geometry, "_knn_accuracy", record)
+    monkeypatch.setattr(knn, "_knn_accuracy", record)
     index_feature = np.arange(300, dtype=np.float64)[:, None]  # feature = sample index
     knn_paper_protocol(index_feature, np.zeros(300), budgets=(20,), repeats=5, pool_size=100)
     assert len(seen) == 5

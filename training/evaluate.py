@@ -20,15 +20,17 @@ import torch
 from torch import Tensor
 
 from pvae.cli import run_cli
+from pvae.training.knn import KNN_BUDGETS, KNN_NEIGHBORS, knn_paper_protocol
 from pvae.training.model import VAE, reconstruction_error
 
 #: Active-latent thresholds on the mean KL per latent (the paper's Figure 5 used about 0.008 for the
 #: P-VAE and 0.09 for the G-VAE on patches; docs/reproduction.md, "Numbers"). Other families use the G-VAE value.
 ACTIVE_KL_THRESHOLD = {"poisson": 0.008, "gaussian": 0.09, "gaussian-relu": 0.09, "laplace": 0.09,
                        "categorical": 0.09}
-#: Few-label classification (docs/reproduction.md, "Geometry"): k of the kNN and the label budgets.
-KNN_K = 5
-KNN_LABELS = (200, 1000, 5000)
+#: Few-label classification (docs/reproduction.md, "Geometry"): k of the kNN and the label budgets
+#: (the paper's, from :mod:`pvae.training.knn`), and pvae-eval's draws per budget (the paper: 100).
+KNN_K = KNN_NEIGHBORS
+KNN_LABELS = KNN_BUDGETS
 KNN_REPEATS = 5
 
 
@@ -104,29 +106,16 @@ def knn_few_label(
     features: np.ndarray, labels: np.ndarray, budgets: Sequence[int] = KNN_LABELS,
     repeats: int = KNN_REPEATS, seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """kNN (k=5, Euclidean) trained on N labelled points from one half of the test set and scored
-    on the other half, over ``repeats`` random draws: mean, std and 95% CI half-width per N."""
-    from sklearn.neighbors import KNeighborsClassifier
-
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(labels))
+    """pvae-eval's few-label kNN: the paper's protocol (:func:`pvae.training.knn.knn_paper_protocol`) on
+    the evaluated split. The first half of the samples is the labelled pool and the second half is
+    scored. N below the pool size is drawn ``repeats`` times, N equal to it uses the pool once, and a
+    larger N is skipped. Returns mean, std and 95% CI half-width (Student t) per N, and the number of draws."""
     half = len(labels) // 2
-    pool, held = order[:half], order[half:]
-    results: dict[str, dict[str, float]] = {}
-    for n in budgets:
-        if n > len(pool):
-            continue
-        accs = []
-        for _ in range(repeats):
-            idx = rng.choice(pool, size=n, replace=False)
-            clf = KNeighborsClassifier(n_neighbors=KNN_K).fit(features[idx], labels[idx])
-            accs.append(float(clf.score(features[held], labels[held])))
-        arr = np.asarray(accs)
-        ci = 1.96 * arr.std(ddof=1) / np.sqrt(len(arr)) if len(arr) > 1 else 0.0
-        std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
-        results[str(n)] = {"mean": float(arr.mean()), "std": std, "ci95": float(ci),
-                           "repeats": float(len(arr))}
-    return results
+    if half < 1:
+        return {}
+    scored = knn_paper_protocol(features, labels, budgets=budgets, repeats=repeats, seed=seed, pool_size=half)
+    return {n: {"mean": r["mean"], "std": r["std"], "ci95": r["ci95"], "repeats": float(r["repeats"])}
+            for n, r in scored.items()}
 
 
 # ----------------------------------------------------------------------------- CLI

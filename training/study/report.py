@@ -44,6 +44,7 @@ from pvae.training.data import PatchConfig, load_dataset
 from pvae.training.device import resolve_device
 from pvae.training.evaluate import encode_features, evaluate_model
 from pvae.training.gabor import GABOR_R2_THRESHOLD, fit_gabors, summarise_gabor_fits
+from pvae.training.knn import knn_paper_protocol
 from pvae.training.model import VAE
 from pvae.training.study.config import (
     PRESETS,
@@ -72,7 +73,7 @@ from pvae.training.study.figures import (
     save_shattering,
     save_tradeoff,
 )
-from pvae.training.study.geometry import knn_paper_protocol, paired_comparison
+from pvae.training.study.geometry import paired_comparison
 from pvae.training.study.shattering import shattering_dimensionality
 from pvae.training.study.sparse_coding import SparseCodingConfig, encode, evaluate_codes, lca_infer, learn_dictionary
 from pvae.training.study.verdict import FAMILY_NAMES, compute_verdicts

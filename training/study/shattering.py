@@ -1,9 +1,8 @@
 """Shattering dimensionality: how many dichotomies of the classes a linear readout can separate.
 
 Stage in the flow: after training, on the classification features of the training and the test set
-(:func:`pvae.training.evaluate.encode_features`); next to the kNN protocol of
-:mod:`pvae.training.study.geometry`, whose :func:`~pvae.training.study.geometry.paired_comparison` compares two
-models split by split.
+(:func:`pvae.training.evaluate.encode_features`); next to the kNN protocol of :mod:`pvae.training.knn`.
+:func:`pvae.training.study.geometry.paired_comparison` compares two models split by split.
 
 The paper's protocol (after Rigotti et al. 2013 and Bernardi et al. 2020; reproduction.md,
 "Shattering dimensionality"): for every split of the ten classes into two groups of five, fit a
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from pvae.training.study.geometry import t_half_width
+from pvae.training.knn import t_half_width
 
 __all__ = ["LOGISTIC_C", "LOGISTIC_MAX_ITER", "balanced_splits", "shattering_dimensionality",
            "stratified_subsample"]
