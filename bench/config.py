@@ -3,8 +3,9 @@
 One frozen dataclass, validated on construction: the server (a running one, or ``pvae-serve``
 processes started for the run), the load (mode, clients per level, frames or seconds, pacing, the
 in-flight window), the frames (size, how they travel), what each request asks for, and the
-in-process baseline. Each command's flags mirror the fields it uses; its own defaults are set by
-its parser (``pvae-bench-serve``: 1 and 4 streams, 5 warm-up frames, 3 rounds, JPEG reconstructions).
+in-process baseline. Each command's flags are made from the fields it uses (``pvae.cli.add_config_flags``,
+the docstrings below are their help); ``pvae-bench-serve`` has defaults of its own (``SERVE_DEFAULTS``:
+1 and 4 streams, 5 warm-up frames, 3 rounds, JPEG reconstructions).
 
     >>> config = BenchConfig(model="runs/quick/best.bundle", concurrency=(1, 2, 4), duration_s=10.0)
     >>> config.frame_budget is None                 # timed levels
@@ -19,10 +20,11 @@ from typing import Literal, get_args
 from pvae.clients.options import OUTPUTS, EncodeOptions, ImageEncoding, OutputName
 from pvae.errors import ConfigError
 
-__all__ = ["DEFAULT_FRAMES", "DEFAULT_OUTPUTS", "DEFAULT_SIZE", "MODES", "BenchConfig", "FrameInput", "Mode"]
+__all__ = ["DEFAULT_FRAMES", "DEFAULT_OUTPUTS", "DEFAULT_SIZE", "MODES", "BenchConfig", "Device", "FrameInput", "Mode"]
 
 Mode = Literal["unary", "stream"]
 FrameInput = Literal["jpeg", "raw"]
+Device = Literal["cpu", "cuda", "auto"]
 #: Benchmark modes: one Encode call after another per client, or one StreamEncode per client.
 MODES: tuple[Mode, ...] = get_args(Mode)
 #: VGA (640x480), the frame size the serving targets are set for.
@@ -46,22 +48,22 @@ class BenchConfig:
     bench starts the server it knows the URL itself."""
     model: str | None = None
     """Bundle or checkpoint: the server to start and the in-process baseline (default: bundled model)."""
-    device: str = "cpu"
-    """Device of the started server and of the in-process engine (cpu, cuda, auto)."""
+    device: Device = "cpu"
+    """Device of the started server and of the in-process engine."""
     gpu: int | None = None
     """CUDA GPU index (implies device cuda)."""
     mode: Mode = "stream"
     """``unary`` (Encode) or ``stream`` (StreamEncode)."""
     concurrency: tuple[int, ...] = (1,)
-    """Concurrent clients per level (one channel each); one level per value."""
+    """Concurrent clients per level (one channel each); one level per value (comma-separated: 1,2,4)."""
     size: tuple[int, int] = DEFAULT_SIZE
-    """Frame (height, width) in pixels."""
+    """Frame (height, width) in pixels; ``--size`` reads WxH (640x480)."""
     input: FrameInput = "jpeg"
     """How frames travel: ``jpeg`` (q90, as a camera client sends them) or ``raw`` (uint8)."""
     outputs: tuple[OutputName, ...] = DEFAULT_OUTPUTS
     """Outputs each request asks for."""
     image_encoding: ImageEncoding = "raw"
-    """Encoding of the returned reconstruction: raw, png or jpeg."""
+    """Encoding of the returned reconstruction."""
     duration_s: float | None = None
     """Seconds per level (open the tap, close it after this long); exclusive with ``frames``."""
     frames: int | None = None
@@ -76,7 +78,8 @@ class BenchConfig:
     """Rounds of (in-process, each level), interleaved so that background load drifts hit every
     configuration alike; throughput is the median over rounds, latency pooled (pvae-bench-serve)."""
     baseline: bool = True
-    """Measure the in-process engine on the same frames (needs onnxruntime and the model)."""
+    """Measure the in-process engine on the same frames (needs onnxruntime and the model); ``--no-baseline``
+    skips it."""
     baseline_frames: int = 10
     """Frames of the in-process baseline (pvae-bench; pvae-bench-serve times ``frames``)."""
     server_processes: int = 1
@@ -84,7 +87,7 @@ class BenchConfig:
     server_threads: int = 0
     """ONNX Runtime intra-op threads per server process and of the in-process engine (0 = one per core)."""
     extra_server_args: tuple[str, ...] = ()
-    """More pvae-serve flags for a started server."""
+    """More pvae-serve flags for a started server (``--server-arg``, repeatable)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -32,15 +32,15 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import grpc
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from pvae.bench.config import DEFAULT_OUTPUTS, MODES, BenchConfig, FrameInput
+from pvae.bench.config import BenchConfig
 from pvae.bench.loadgen import Tally, Tickets, stream_frames
-from pvae.cli import free_port, run_cli
+from pvae.cli import Flag, add_config_flags, flag_values, free_port, run_cli
 from pvae.clients import AsyncClient
 from pvae.clients.frames import frame_to_proto
 from pvae.clients.options import OUTPUTS
@@ -394,44 +394,32 @@ def parse_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _size_text(size: tuple[int, int]) -> str:
+    return f"{size[1]}x{size[0]}"
+
+
+#: Fields pvae-bench has no flag for (pvae-bench-serve's own).
+SERVE_ONLY = ("gpu", "image_encoding", "rounds", "server_processes", "server_threads", "extra_server_args")
+
+
 def _parse(argv: Sequence[str] | None) -> tuple[BenchConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(allow_abbrev=False,
                                      prog="pvae-bench", description=(__doc__ or "").splitlines()[0].replace("``", ""))
-    parser.add_argument("--server", default=None, help="host:port of a running pvae-serve (default: start one)")
-    parser.add_argument("--metrics-url", default=None, help="the server's /metrics URL, for the stage split")
-    parser.add_argument("--model", default=None, help="bundle dir or checkpoint (server to start; baseline)")
-    parser.add_argument("--mode", default="stream", choices=MODES,
-                        help="unary: Encode calls; stream: one StreamEncode per client (default)")
-    parser.add_argument("--concurrency", default="1", help="comma-separated client counts, e.g. 1,2,4")
-    parser.add_argument("--size", default="640x480", help="frame size WxH (default 640x480)")
-    parser.add_argument("--outputs", default=",".join(DEFAULT_OUTPUTS), help=f"any of {','.join(OUTPUTS)}")
-    parser.add_argument("--duration", type=float, default=None, help="seconds per level")
-    parser.add_argument("--frames", type=int, default=None, help="frames per level (default 60)")
-    parser.add_argument("--fps", type=float, default=None, help="paced load, frames/s in total (default open loop)")
-    parser.add_argument("--window", type=int, default=4, help="in-flight frames per stream")
-    parser.add_argument("--input", default="jpeg", choices=get_args(FrameInput),
-                        help="frames as JPEG q90 (default) or raw uint8 BGR")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed frames per client before each level")
-    parser.add_argument("--no-baseline", action="store_true", help="skip the in-process engine run")
-    parser.add_argument("--baseline-frames", type=int, default=10, help="frames of the in-process run")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
-                        help="device of the started server and of the in-process engine")
+    add_config_flags(parser, BenchConfig, exclude=SERVE_ONLY, flags={
+        "size": Flag(parse=parse_size, format=_size_text),
+        "outputs": Flag(parse=_names, help="{doc} Any of " + ",".join(OUTPUTS) + "."),
+        "duration_s": Flag(name="--duration"),
+        "baseline": Flag(negatable=False),
+    })
     parser.add_argument("--csv", type=Path, default=None, help="write one row per concurrency level")
     parser.add_argument("--json", type=Path, default=None, help="write every figure and the config")
     parser.add_argument("--plot", type=Path, default=None, help="directory for latency.png and throughput.png")
     args = parser.parse_args(argv)
-    try:
-        concurrency = tuple(int(c) for c in args.concurrency.split(","))
-    except ValueError as exc:
-        raise ConfigError(f"--concurrency: comma-separated integers, got {args.concurrency!r}") from exc
-    outputs = tuple(name.strip() for name in args.outputs.split(",") if name.strip())
-    config = BenchConfig(
-        server=args.server, metrics_url=args.metrics_url, model=args.model, mode=args.mode, concurrency=concurrency,
-        size=parse_size(args.size), outputs=outputs,
-        duration_s=args.duration, frames=args.frames, fps=args.fps, window=args.window, input=args.input,
-        warmup=args.warmup, baseline=not args.no_baseline, baseline_frames=args.baseline_frames,
-        device=args.device)
-    return config, args
+    return BenchConfig(**flag_values(BenchConfig, args)), args
 
 
 def _main(argv: Sequence[str] | None) -> int:

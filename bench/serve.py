@@ -40,9 +40,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from pvae.bench.config import BenchConfig
+from pvae.bench.config import DEFAULT_FRAMES, BenchConfig
 from pvae.bench.loadgen import Tally, Tickets, stream_frames
-from pvae.cli import free_port, run_cli
+from pvae.cli import Flag, add_config_flags, flag_values, free_port, run_cli
 from pvae.clients import AsyncClient, FrameResult
 from pvae.errors import ConfigError
 from pvae.serving.decode import FrameLimits
@@ -67,7 +67,7 @@ SERVER_START_TIMEOUT_S = 120.0
 #: Pixels the synthetic camera moves per frame (a slow pan, as a handheld camera).
 PAN_STEP = (3, 7)
 #: The defaults of pvae-bench-serve's flags where they differ from BenchConfig's (pvae-bench's).
-SERVE_DEFAULTS = BenchConfig(concurrency=(1, 4), warmup=5, rounds=3, image_encoding="jpeg")
+SERVE_DEFAULTS = BenchConfig(concurrency=(1, 4), frames=DEFAULT_FRAMES, warmup=5, rounds=3, image_encoding="jpeg")
 #: Sequence numbers (and frame offsets) of warm-up and timed streams: far apart, so that streams
 #: start at different frames of the pan.
 WARMUP_OFFSET, TIMED_OFFSET = 997, 7919
@@ -372,32 +372,20 @@ def format_report(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Fields pvae-bench-serve has no flag for (pvae-bench's own).
+LOAD_ONLY = ("server", "metrics_url", "mode", "size", "outputs", "duration_s", "fps", "baseline", "baseline_frames")
+
+
 def _parse(argv: Sequence[str] | None) -> tuple[BenchConfig, Path | None]:
     parser = argparse.ArgumentParser(allow_abbrev=False,
                                      prog="pvae-bench-serve", description=__doc__.splitlines()[0] if __doc__ else "")
-    defaults = SERVE_DEFAULTS
-    parser.add_argument("--model", default=None, help="bundle directory or checkpoint (default: bundled model)")
-    parser.add_argument("--device", default=defaults.device, choices=("cpu", "cuda", "auto"))
-    parser.add_argument("--gpu", type=int, default=None)
-    parser.add_argument("--frames", type=int, default=defaults.frame_budget, help="timed frames per stream")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup)
-    parser.add_argument("--streams", default=",".join(map(str, defaults.concurrency)),
-                        help="comma-separated concurrent stream counts")
-    parser.add_argument("--window", type=int, default=defaults.window, help="in-flight frames per stream")
-    parser.add_argument("--rounds", type=int, default=defaults.rounds, help="interleaved rounds (median throughput)")
-    parser.add_argument("--input", default=defaults.input, choices=("jpeg", "raw"))
-    parser.add_argument("--image-encoding", default=defaults.image_encoding, choices=("raw", "png", "jpeg"))
-    parser.add_argument("--server-processes", type=int, default=defaults.server_processes)
-    parser.add_argument("--server-threads", type=int, default=defaults.server_threads)
-    parser.add_argument("--server-arg", action="append", default=[], help="extra pvae-serve flag (repeatable)")
+    add_config_flags(parser, BenchConfig, defaults=SERVE_DEFAULTS, exclude=LOAD_ONLY, flags={
+        "concurrency": Flag(name="--streams"),
+        "extra_server_args": Flag(name="--server-arg", repeat=True),
+    })
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
-    config = dataclasses.replace(
-        defaults, model=args.model, device=args.device, gpu=args.gpu, frames=args.frames, warmup=args.warmup,
-        concurrency=tuple(int(s) for s in args.streams.split(",")), window=args.window, rounds=args.rounds,
-        input=args.input, image_encoding=args.image_encoding, server_processes=args.server_processes,
-        server_threads=args.server_threads, extra_server_args=tuple(args.server_arg))
-    return config, args.json
+    return dataclasses.replace(SERVE_DEFAULTS, **flag_values(BenchConfig, args)), args.json
 
 
 def _main(argv: Sequence[str] | None) -> int:
