@@ -63,13 +63,13 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import grpc
 import numpy as np
 
 from pvae.bundle import Bundle
-from pvae.cli import free_port, run_cli
+from pvae.cli import Flag, add_config_flags, flag_values, free_port, run_cli
 from pvae.errors import ConfigError, MissingDependencyError, PVAEError
 
 __all__ = [
@@ -177,7 +177,7 @@ FLOOR_RUN = RunSpec("transport floor (no compute), streaming c=1", 1, True, floo
 
 @dataclass(frozen=True)
 class OipBenchConfig:
-    """What to benchmark (flags mirror the fields)."""
+    """What to benchmark (the flags are made from the fields, the docstrings are their help)."""
 
     model: str | None = None
     """Bundle directory or checkpoint for pvae-serve and the baseline; default: the bundled model."""
@@ -191,16 +191,17 @@ class OipBenchConfig:
     """perf_analyzer --measurement-interval; the baseline runs for 3 of them."""
     max_trials: int = 10
     """perf_analyzer --max-trials (windows before it gives up on a stable measurement)."""
-    input: str = "natural"
+    input: Literal["natural", "normal"] = "natural"
     """``natural`` (whitened natural-image patches) or ``normal`` (seeded standard normal)."""
     seed: int = 0
     """Seed of the ``normal`` input."""
     server_args: tuple[str, ...] = ()
-    """More pvae-serve flags."""
+    """More pvae-serve flags (``--server-arg``, repeatable)."""
     floor: bool = True
-    """Also measure the transport floor (pvae.bench.oip_floor); ``--no-floor`` turns it off."""
+    """Also measure the transport floor (perf_analyzer against python -m pvae.bench.oip_floor); ``--no-floor``
+    turns it off."""
     plot: Path | None = None
-    """Also write a PNG of the run here (``--plot``)."""
+    """Also write a PNG here: req/s of every row, and where the streaming c=1 latency goes."""
 
     def __post_init__(self) -> None:
         if self.patches < 1 or self.window_ms < 100 or self.max_trials < 3:
@@ -972,29 +973,14 @@ def _parse(argv: Sequence[str] | None) -> tuple[OipBenchConfig, Path | None, boo
     parser = argparse.ArgumentParser(allow_abbrev=False,
                                      prog=PROG, description=__doc__.splitlines()[0] if __doc__ else "",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default=None, help="bundle directory or checkpoint (default: the bundled model)")
-    parser.add_argument("--prefix", type=Path, default=DEFAULT_PREFIX, help="where perf_analyzer is installed")
-    parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
-                        help="input JSON, perf_analyzer CSVs and logs, server log")
-    parser.add_argument("--patches", type=int, default=DEFAULT_PATCHES, help="rows (patches) per request")
-    parser.add_argument("--window-ms", type=int, default=DEFAULT_WINDOW_MS,
-                        help="perf_analyzer measurement window; the baseline runs 3 of them")
-    parser.add_argument("--max-trials", type=int, default=10, help="perf_analyzer windows before it gives up")
-    parser.add_argument("--input", default="natural", choices=("natural", "normal"),
-                        help="whitened natural-image patches, or a seeded standard normal")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --input normal")
-    parser.add_argument("--server-arg", action="append", default=[], help="extra pvae-serve flag (repeatable)")
-    parser.add_argument("--no-floor", dest="floor", action="store_false",
-                        help=f"skip the transport-floor row (perf_analyzer against python -m {FLOOR_MODULE})")
+    add_config_flags(parser, OipBenchConfig, flags={
+        "server_args": Flag(name="--server-arg", repeat=True),
+        "floor": Flag(negatable=False),
+    })
     parser.add_argument("--json", type=Path, default=None, help="also write every figure here")
-    parser.add_argument("--plot", type=Path, default=None,
-                        help="also write a PNG: req/s of every row, and where the streaming c=1 latency goes")
     parser.add_argument("--install-only", action="store_true", help="install perf_analyzer, print its path, exit")
     args = parser.parse_args(argv)
-    config = OipBenchConfig(model=args.model, prefix=args.prefix, work_dir=args.work_dir, patches=args.patches,
-                            window_ms=args.window_ms, max_trials=args.max_trials, input=args.input, seed=args.seed,
-                            server_args=tuple(args.server_arg), floor=args.floor, plot=args.plot)
-    return config, args.json, args.install_only
+    return OipBenchConfig(**flag_values(OipBenchConfig, args)), args.json, args.install_only
 
 
 def _main(argv: Sequence[str] | None) -> int:

@@ -50,7 +50,7 @@ from prometheus_client import CollectorRegistry
 
 from pvae.bench.loadgen import Tally, Tickets, stream_frames
 from pvae.bundle import Bundle
-from pvae.cli import run_cli
+from pvae.cli import Flag, add_config_flags, flag_values, run_cli
 from pvae.clients import AsyncClient
 from pvae.errors import ConfigError
 from pvae.serving.config import ServeConfig
@@ -852,13 +852,14 @@ class ReliabilityConfig:
     fuzz_cases: int = DEFAULT_FUZZ_CASES
     """Hostile cases sent."""
     soak: bool = False
-    """Also run the long soak."""
+    """Also run the long soak (RSS growth)."""
     soak_frames: int = DEFAULT_SOAK_FRAMES
     """Frames the soak sends."""
     seed: int = 0
     """Seed of the hostile corpus."""
     flood_requests: int = DEFAULT_FLOOD_REQUESTS
-    """Bad requests of each kind sent to a ``pvae-serve`` whose log is measured (0 skips the check)."""
+    """Bad requests of each kind (unimplemented RPCs, malformed requests) sent to a ``pvae-serve`` whose log is
+    measured; 0 skips the log-flood check."""
 
     def __post_init__(self) -> None:
         if self.streams < 1 or self.duration_s <= 0 or self.fuzz_cases < 0 or self.soak_frames < 1:
@@ -913,24 +914,15 @@ def run_report(config: ReliabilityConfig, bundle: Bundle | None = None) -> tuple
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Flags mirror ReliabilityConfig."""
+    """One flag per ReliabilityConfig field, its docstring the help."""
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="pvae-reliability", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--model", default=None, help="bundle directory or checkpoint (default: the bundled model)")
-    parser.add_argument("--streams", type=int, default=DEFAULT_STREAMS, help="concurrent load streams")
-    parser.add_argument("--duration-s", type=float, default=DEFAULT_DURATION_S, help="seconds of the load run")
-    parser.add_argument("--fuzz-cases", type=int, default=DEFAULT_FUZZ_CASES, help="hostile cases sent")
-    parser.add_argument("--soak", action="store_true", help="also run the long soak (RSS growth)")
-    parser.add_argument("--soak-frames", type=int, default=DEFAULT_SOAK_FRAMES, help="frames the soak sends")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the hostile corpus")
-    parser.add_argument("--flood-requests", type=int, default=DEFAULT_FLOOD_REQUESTS,
-                        help="bad requests of each kind (unimplemented RPCs, malformed requests) sent to a pvae-serve "
-                             "whose log is measured; 0 skips the log-flood check")
+    add_config_flags(parser, ReliabilityConfig, flags={"soak": Flag(negatable=False)})
     return parser
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    config = ReliabilityConfig(**vars(build_parser().parse_args(argv)))
+    config = ReliabilityConfig(**flag_values(ReliabilityConfig, build_parser().parse_args(argv)))
     table, passed = run_report(config)
     print(table)
     return 0 if passed else 1
