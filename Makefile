@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pvae-installed
 RUNS ?= runs
 
-.PHONY: setup demo test lint typecheck pytest bench-tests model escape-study report-quick report-cpu bench-train bench-oip \
+.PHONY: setup demo test lint typecheck pytest bench-tests model escape-study report-quick report-cpu bench-train bench-oip gpu-check \
 	clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
@@ -70,6 +70,12 @@ report-cpu: setup
 	cp -r $(RUNS)/report-cpu/figures docs/report/
 	$(BIN)/pvae-report --render $(RUNS)/report-cpu --doc docs/reproduction.md
 	cp $(RUNS)/report-cpu/report.md $(RUNS)/report-cpu/report.json docs/report/
+
+## gpu-check: on a CUDA host (setup installs onnxruntime-gpu there), every GPU path in <= 5 min: node placement of
+## each graph, sampler counts on CUDA vs CPU, pvae-serve --gpu 0 VGA frames/s, training throughput -> $(RUNS)/gpu-check.json.
+## Without a GPU it writes status "skipped" with the reason and exits 0.
+gpu-check: setup
+	$(BIN)/pvae-gpu-check --out $(RUNS)/gpu-check.json
 
 ## bench-train: training throughput, adaptive sampler vs Algorithm 1 as written.
 bench-train: setup

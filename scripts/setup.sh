@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One-step setup for a fresh machine: system packages the tests and demo use, then a virtualenv
-# with pvae installed (editable) and its dev/cpu extras. Idempotent: re-running is cheap.
+# with pvae installed (editable) and its dev extras plus the cpu (or, on an NVIDIA host, gpu) ONNX Runtime. Idempotent: re-running is cheap.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
@@ -27,7 +27,16 @@ fi
 # torch is pinned: an open range pulls a multi-GB CUDA build; 2.13.0 installs the CPU wheel here.
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[cpu,dev]" 2>&1 | grep -v "is ignored" || true
+# ONNX Runtime flavour: PVAE_ORT=cpu|gpu, default gpu where an NVIDIA GPU is visible. The two packages
+# share an import name, so switching removes the other one first.
+ORT="${PVAE_ORT:-auto}"
+if [ "$ORT" = auto ]; then
+    ORT=cpu
+    if compgen -G "/proc/driver/nvidia/gpus/*" >/dev/null; then ORT=gpu; fi
+fi
+OTHER=$([ "$ORT" = gpu ] && echo onnxruntime || echo onnxruntime-gpu)
+"$VENV/bin/python" -m pip uninstall -q -y "$OTHER" >/dev/null 2>&1 || true
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$ORT,dev]" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c "import pvae, torch, onnxruntime; print(f'setup: pvae {pvae.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}')"
 
 # Triton's perf_analyzer (tritonclient 2.51.0's binary + libb64 + libcudart, ~18 MB from the package
