@@ -28,6 +28,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
+from . import wire
 from .channel import Retry
 from .client import HEALTH_REQUEST, _Base
 from .errors import error_from_rpc
@@ -78,7 +79,7 @@ class AsyncFrameStream(AsyncIterator[FrameResult]):
         await self._client._ensure_ready()
         gate = self._client._gate_size(self._settings, await self._client.info())
         self._gate = asyncio.Semaphore(gate) if gate is not None else None
-        self._call = self._client._stub.StreamEncode(timeout=self._timeout, metadata=self._client.metadata)
+        self._call = wire.stream_encode(self._client._open())(timeout=self._timeout, metadata=self._client.metadata)
         self._writer = asyncio.create_task(self._write(self._frames), name="pvae-client-writer")
 
     async def _write(self, frames: Iterable[FrameLike] | AsyncIterable[FrameLike]) -> None:
@@ -86,7 +87,7 @@ class AsyncFrameStream(AsyncIterator[FrameResult]):
             async for frame in _aiter(frames):
                 if self._gate is not None:
                     await self._gate.acquire()
-                await self._call.write(self._book.request(frame))
+                await self._call.write(self._book.request_bytes(frame))
             await self._call.done_writing()
         except asyncio.CancelledError:
             raise
@@ -121,7 +122,7 @@ class AsyncFrameStream(AsyncIterator[FrameResult]):
             if self._source_error is not None:
                 raise self._source_error from None
             raise StopAsyncIteration
-        result = self._book.result(response)
+        result = self._book.result(response.message, response.nbytes)
         if self._gate is not None and not result.is_drop_report:
             self._gate.release()
         return result
@@ -221,11 +222,11 @@ class AsyncClient(_Base[grpc.aio.Channel]):
 
     async def _encode(self, request: pb.EncodeRequest) -> FrameResult:
         await self._ensure_ready()
-        stub = self._stub
+        call = wire.encode(self._open())
         started = time.perf_counter()
-        response = await self._retrying(lambda timeout: stub.Encode(request, timeout=timeout, metadata=self.metadata))
+        sized = await self._retrying(lambda timeout: call(request, timeout=timeout, metadata=self.metadata))
         latency = time.perf_counter() - started
-        return decode_result(response.result, latency_seconds=latency, response_bytes=response.ByteSize())
+        return decode_result(sized.message.result, latency_seconds=latency, response_bytes=sized.nbytes)
 
     def stream(self, frames: Iterable[FrameLike] | AsyncIterable[FrameLike], *, window: int | None = None,
                policy: Policy = "block", options: EncodeOptions | None = None, start_sequence: int = 0,

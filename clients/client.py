@@ -29,6 +29,7 @@ from pvae.errors import ConfigError
 from pvae.v1 import pvae_pb2 as pb
 from pvae.v1 import pvae_pb2_grpc as pb_grpc
 
+from . import wire
 from .channel import DEFAULT_TARGET, HEALTH_SERVICE, ChannelConfig, LoadBalancing, Retry, RetryPolicy, with_token
 from .errors import error_from_rpc
 from .frames import DEFAULT_JPEG_QUALITY, ChannelOrder, FrameEncoding, FrameLike
@@ -110,7 +111,7 @@ class _Sender:
         self.error: BaseException | None = None
         """What the frame source raised, if it failed (re-raised to the consumer)."""
 
-    def requests(self) -> Iterator[pb.StreamEncodeRequest]:
+    def requests(self) -> Iterator[bytes]:
         try:
             for frame in self.frames:
                 if self.gate is not None:
@@ -119,7 +120,7 @@ class _Sender:
                             return
                 if self.stop.is_set():
                     return
-                yield self.book.request(frame)
+                yield self.book.request_bytes(frame)
         except Exception as exc:  # a failing source ends the stream cleanly; the consumer re-raises it
             self.error = exc
 
@@ -139,7 +140,7 @@ class FrameStream(Iterator[FrameResult]):
         self._done = False
         self.stats: StreamStats = book.stats
         """Live statistics of this stream."""
-        self._call = client._stub.StreamEncode(self._sender.requests(), timeout=timeout, metadata=client.metadata)
+        self._call = client._stream_encode(self._sender.requests(), timeout=timeout, metadata=client.metadata)
 
     def __iter__(self) -> FrameStream:
         return self
@@ -159,7 +160,7 @@ class FrameStream(Iterator[FrameResult]):
             if self._sender.error is not None:
                 raise self._sender.error from None
             raise error_from_rpc(self._address, exc) from None
-        result = self._book.result(response)
+        result = self._book.result(response.message, response.nbytes)
         if self._sender.gate is not None and not result.is_drop_report:
             self._sender.gate.release()
         return result
@@ -219,6 +220,8 @@ class Client(_Base[grpc.Channel]):
     def _attach(self, channel: grpc.Channel | None) -> None:
         self._channel = channel if channel is not None else self.config.open()
         self._stub = pb_grpc.EncoderStub(self._channel)
+        self._stream_encode = wire.stream_encode(self._channel)
+        self._encode_call = wire.encode(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._lock = threading.Lock()
 
@@ -275,9 +278,9 @@ class Client(_Base[grpc.Channel]):
     def _encode(self, request: pb.EncodeRequest) -> FrameResult:
         self._ensure_ready()
         started = time.perf_counter()
-        response = self._retrying(lambda timeout: self._stub.Encode(request, timeout=timeout, metadata=self.metadata))
+        sized = self._retrying(lambda timeout: self._encode_call(request, timeout=timeout, metadata=self.metadata))
         latency = time.perf_counter() - started
-        return decode_result(response.result, latency_seconds=latency, response_bytes=response.ByteSize())
+        return decode_result(sized.message.result, latency_seconds=latency, response_bytes=sized.nbytes)
 
     def stream(self, frames: Iterable[FrameLike], *, window: int | None = None, policy: Policy = "block",
                options: EncodeOptions | None = None, start_sequence: int = 0, keep_inputs: bool = False,

@@ -119,25 +119,39 @@ class StreamBook:
 
     def request(self, frame: FrameLike) -> pb.StreamEncodeRequest:
         """The next frame's request; the first carries the stream settings and the options."""
+        message = self._message(frame)
+        self._sent(message.ByteSize(), frame)
+        return message
+
+    def request_bytes(self, frame: FrameLike) -> bytes:
+        """The next frame's request, serialized once (what ``pvae.clients.wire.stream_encode`` sends)."""
+        data = self._message(frame).SerializeToString()
+        self._sent(len(data), frame)
+        return data
+
+    def _message(self, frame: FrameLike) -> pb.StreamEncodeRequest:
         message = pb.StreamEncodeRequest(sequence=self._next_sequence, frame=self.factory.frame(frame))
         if not self._started:
             self._started = True
             message.settings.CopyFrom(self.settings.to_proto())
             message.options.CopyFrom(self.options.to_proto())
+        return message
+
+    def _sent(self, nbytes: int, frame: FrameLike) -> None:
         kept = frame if self.keep_inputs and isinstance(frame, np.ndarray) else None
         with self._lock:
-            sent_at = self.stats.record_sent(message.ByteSize())
+            sent_at = self.stats.record_sent(nbytes)
             self._pending.append(_Pending(self._next_sequence, sent_at, kept))
         self._next_sequence = (self._next_sequence + 1) & MAX_SEQUENCE
-        return message
 
     def in_flight(self) -> int:
         """Frames sent and not yet answered or reported dropped."""
         with self._lock:
             return len(self._pending)
 
-    def result(self, response: pb.StreamEncodeResponse) -> FrameResult:
-        """Match a response to its frame: drop what was dropped, time what was answered."""
+    def result(self, response: pb.StreamEncodeResponse, nbytes: int | None = None) -> FrameResult:
+        """Match a response (``nbytes`` on the wire; None: measured here) to its frame: drop what was
+        dropped, time what was answered."""
         outcome = response.WhichOneof("outcome")
         with self._lock:
             answered: _Pending | None = None
@@ -149,7 +163,7 @@ class StreamBook:
         latency = received_at - answered.sent_at if answered is not None and outcome is not None else None
         frame = answered.frame if answered is not None else None
         dropped = tuple(int(s) for s in response.dropped_sequences)
-        size = response.ByteSize()
+        size = response.ByteSize() if nbytes is None else nbytes
         if outcome == "result":
             result = decode_result(response.result, response.sequence, int(response.dropped_count), dropped,
                                    latency, size, frame, arrays=self.decode)
