@@ -44,7 +44,7 @@ from pvae.training.model import VAE
 #: The parity gate for log-rates (fp32).
 LOG_RATE_TOL = 1e-5
 #: Frame preprocessing vs float64 preprocess_image (float32 convolutions in the graph).
-PREPROCESS_TOL = 1e-4
+PREPROCESS_TOL = 5e-5
 #: The ONNX Runtime session options used by every test: CPU, quiet.
 PROVIDERS = ["CPUExecutionProvider"]
 
