@@ -43,7 +43,7 @@ import numpy as np
 import pvae
 from pvae.bench.config import BenchConfig
 from pvae.bench.loadgen import Tally, Tickets, stream_frames
-from pvae.bench.serve import _frame_message, server_processes, synthetic_frames
+from pvae.bench.serve import frame_message, server_processes, synthetic_frames
 from pvae.bundle import Bundle, load_bundle
 from pvae.cli import run_cli
 from pvae.errors import PVAEError
@@ -181,7 +181,7 @@ def sampler_parity(bundle: Bundle, gpu: int | None, rng: np.random.Generator, se
 async def _drive(address: str, streams: int, window: int, seconds: float) -> tuple[Tally, float]:
     from pvae.clients import AsyncClient, EncodeOptions
 
-    frames = [_frame_message(image, "raw") for image in synthetic_frames(16, *VGA)]
+    frames = [frame_message(image, "raw") for image in synthetic_frames(16, *VGA)]
     options = EncodeOptions(outputs=("counts", "stats"))
     clients = [AsyncClient(address, options=options) for _ in range(streams)]
     try:

@@ -52,7 +52,7 @@ from pvae.serving.pipeline import FrameJob, Pipeline
 from pvae.serving.source import resolve_bundle
 from pvae.v1 import pvae_pb2 as pb
 
-__all__ = ["InProcessRunner", "RunFigures", "main", "run_benchmark", "server_processes",
+__all__ = ["InProcessRunner", "RunFigures", "frame_message", "main", "run_benchmark", "server_processes",
            "synthetic_frames"]
 
 #: VGA, the frame size the serving targets are set for.
@@ -169,7 +169,8 @@ def synthetic_frames(count: int, height: int = VGA[0], width: int = VGA[1]) -> l
     return frames
 
 
-def _frame_message(image: np.ndarray, kind: str) -> pb.Frame:
+def frame_message(image: np.ndarray, kind: str) -> pb.Frame:
+    """A BGR frame as a pvae.v1 Frame: JPEG q90 (``kind`` "jpeg") or raw uint8 gray."""
     if kind == "jpeg":
         _ok, buffer = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
         return pb.Frame(encoded=buffer.tobytes())
@@ -311,7 +312,7 @@ def run_benchmark(config: BenchConfig, progress: Any = None) -> dict[str, Any]:
         raise ConfigError("pvae-bench-serve counts frames per stream: give frames, not a duration")
     bundle = resolve_bundle(config.model)
     images = synthetic_frames(max(budget, 30), *config.size)
-    frames = [_frame_message(image, config.input) for image in images]
+    frames = [frame_message(image, config.input) for image in images]
     in_process = InProcessRunner(config, bundle.root, frames)
     baseline = RunFigures("in-process")
     batched = RunFigures(f"in-proc b{config.window}")
