@@ -94,13 +94,13 @@ def _rice_parameters(values: np.ndarray) -> np.ndarray:
     return costs.argmin(axis=0).astype(np.int64)  # (K,)
 
 
-def _remainder_layout(parameters: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For one row's remainder bits: the column of each bit, its shift, and each column's first bit."""
+def _remainder_bits(values: np.ndarray, parameters: np.ndarray) -> np.ndarray:
+    """uint8 (N, S) bits: each entry's k low bits, most significant first, row-major (S = sum(k))."""
     total = int(parameters.sum())
     start = np.cumsum(parameters) - parameters  # (K,) first bit of each column within a row
     column = np.repeat(np.arange(len(parameters)), parameters)  # (S,)
     shift = parameters[column] - 1 - (np.arange(total) - start[column])  # (S,) MSB first
-    return column, shift, start
+    return ((values[:, column] >> shift.astype(values.dtype)) & 1).astype(np.uint8)
 
 
 def rice_encode(values: np.ndarray) -> RiceCodesPacked:
@@ -116,9 +116,7 @@ def rice_encode(values: np.ndarray) -> RiceCodesPacked:
     unary[ends - 1] = 0
     remainders = b""
     if parameters.any():
-        column, shift, _ = _remainder_layout(parameters)
-        bits = ((values[:, column] >> shift.astype(values.dtype)) & 1).astype(np.uint8)  # (N, S)
-        remainders = np.packbits(bits.reshape(-1)).tobytes()
+        remainders = np.packbits(_remainder_bits(values, parameters).reshape(-1)).tobytes()
     return RiceCodesPacked(parameters.astype(np.uint8).tobytes(), np.packbits(unary).tobytes(), remainders)
 
 
@@ -153,10 +151,14 @@ class RateCodesPacked:
 
 def pack_rate_codes(rates: np.ndarray, want_rates: bool, want_log_rates: bool) -> RateCodesPacked:
     """float (N, K) rates -> one payload for rates and log-rates (FloatFormat.U8_LOG)."""
-    codes = rate_codes(rates)  # (N, K) uint8
-    n_rows = codes.shape[0]
-    base = np.partition(codes, n_rows // 2, axis=0)[n_rows // 2] if n_rows else np.zeros(codes.shape[1], np.uint8)
-    delta = codes.astype(np.int32) - base  # (N, K), -255..255
+    codes = rate_codes(rates).astype(np.int32)  # (N, K)
+    n_rows, n_cols = codes.shape
+    # Each column's upper median (sorted index N // 2) from its histogram: faster than a partition.
+    offsets = np.arange(n_cols, dtype=np.int32) * (RATE_CODE_TOP + 1)
+    histogram = np.bincount((codes + offsets).reshape(-1), minlength=n_cols * (RATE_CODE_TOP + 1))
+    below = np.cumsum(histogram.reshape(n_cols, RATE_CODE_TOP + 1), axis=1) <= n_rows // 2
+    base = below.sum(axis=1, dtype=np.int32) if n_rows else np.zeros(n_cols, np.int32)  # (K,)
+    delta = codes - base  # (N, K), -255..255
     zigzag = np.where(delta >= 0, 2 * delta, -2 * delta - 1)
     return RateCodesPacked(base.astype(np.uint8).tobytes(), rice_encode(zigzag), want_rates, want_log_rates)
 
