@@ -11,6 +11,7 @@ PayloadTooLargeError before anything is allocated for a tensor over the size lim
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -20,7 +21,7 @@ from pvae.errors import InputError
 from pvae.inference import grpc_service_pb2 as oip
 from pvae.serving.decode import ChannelOrder, gray_from_colour
 from pvae.serving.errors import PayloadTooLargeError
-from pvae.serving.oip_models import DATATYPES, FRAME_CHANNELS, ModelSpec, TensorSpec
+from pvae.serving.oip_models import DATATYPES, FLOAT_DATATYPE, FRAME_CHANNELS, ModelSpec, TensorSpec
 from pvae.serving.options import MAX_SEED, FloatFormat
 
 __all__ = [
@@ -49,22 +50,23 @@ def tensor_error(kind: str, name: str, problem: str) -> InputError:
 E = TypeVar("E", bound=Enum)
 
 
-def _string_parameter(parameters: Any, name: str, choices: type[E], default: E) -> E:
-    """The string request parameter ``name`` as a member of ``choices`` (``default`` when absent); InputError,
+def _string_parameter(parameters: Any, name: str, choices: Iterable[E], default: E) -> E:
+    """The string request parameter ``name`` as one of ``choices`` (``default`` when absent); InputError,
     naming the allowed strings, on another value."""
     if name not in parameters:
         return default
     value = parameters[name].string_param.lower()
-    try:
-        return choices(value)
-    except ValueError:
-        allowed = " or ".join(f'"{c.value}"' for c in choices)
-        raise InputError(f"parameter '{name}': must be the string {allowed}, got {value!r}") from None
+    allowed = {choice.value: choice for choice in choices}
+    if value not in allowed:
+        names = " or ".join(f'"{v}"' for v in allowed)
+        raise InputError(f"parameter '{name}': must be the string {names}, got {value!r}")
+    return allowed[value]
 
 
 def float_format(parameters: Any) -> FloatFormat:
-    """The request parameter ``float_format`` (FP16 when absent); InputError on another value."""
-    return _string_parameter(parameters, FLOAT_FORMAT_PARAMETER, FloatFormat, FloatFormat.FP16)
+    """The request parameter ``float_format`` (FP16 when absent): the float formats OIP has a datatype for
+    (pvae.v1's compact u8log codes are not a tensor); InputError on another value."""
+    return _string_parameter(parameters, FLOAT_FORMAT_PARAMETER, FLOAT_DATATYPE, FloatFormat.FP16)
 
 
 def requested_outputs(request: oip.ModelInferRequest, model: ModelSpec) -> list[TensorSpec]:

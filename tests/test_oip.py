@@ -331,6 +331,9 @@ def test_bad_requests_name_the_tensor(stub: oip_grpc.GRPCInferenceServiceStub, t
         "has 0 rows": _rates_request([0, dim], b""),
         "parameter 'float_format'": _rates_request([2, dim], good, parameters={
             "float_format": oip.InferParameter(string_param="fp8")}),
+        # pvae.v1's compact rate codes are no OIP tensor: refused by name, not an INTERNAL error
+        'must be the string "fp16" or "fp32", got \'u8log\'': _rates_request([2, dim], good, parameters={
+            "float_format": oip.InferParameter(string_param="u8log")}),
     }
     for expected, request in cases.items():
         code, details = _status(lambda request=request: stub.ModelInfer(request, timeout=TIMEOUT_S))
