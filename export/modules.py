@@ -125,25 +125,29 @@ def frame_policy(patch_shape: tuple[int, int], preprocessing: PatchConfig | None
 # ----------------------------------------------------------------------------- modules
 
 
-#: Output phases of the polyphase correlations in FramePreprocess: one strided Conv computes
-#: POLYPHASE_PHASES neighbouring output columns as as many output channels.
-POLYPHASE_PHASES = 16
+#: Output phases of the polyphase correlations in FramePreprocess: one strided Conv computes a block
+#: of neighbouring outputs as as many output channels. The whitening uses WHITEN_PHASES x WHITEN_PHASES
+#: blocks (16 channels), the separable Gaussian rows of LCN_PHASES columns.
+WHITEN_PHASES = 4
+LCN_PHASES = 16
 
 
-def polyphase_kernel(kernel: np.ndarray, phases: int) -> Tensor:
-    """A (kh, kw) correlation kernel as a float32 (phases, 1, kh, kw + phases - 1) Conv weight whose
-    output channel j is the kernel shifted right by j columns (zeros elsewhere).
+def polyphase_kernel(kernel: np.ndarray, phase_rows: int, phase_cols: int) -> Tensor:
+    """A (kh, kw) correlation kernel as a float32 (phase_rows * phase_cols, 1, kh + phase_rows - 1,
+    kw + phase_cols - 1) Conv weight whose output channel a * phase_cols + b is the kernel shifted down
+    by a rows and right by b columns (zeros elsewhere).
 
-    A Conv with this weight and stride (1, phases) computes output columns phases * i + j as channel
-    j of column i: the same sums as a plain correlation, but every output channel is useful, so
-    ONNX Runtime's blocked (NCHWc, 8 or 16 channels per block) CPU convolution does no wasted work.
-    A single-channel output would be padded to a whole block (8x the work for a 15x15 kernel).
+    A Conv with this weight and stride (phase_rows, phase_cols) computes output (phase_rows * i + a,
+    phase_cols * j + b) as channel a * phase_cols + b of position (i, j): the same sums as a plain
+    correlation, but every output channel is useful, so ONNX Runtime's blocked (NCHWc) CPU convolution
+    does no wasted work; a single-channel output would be padded to a whole block of channels.
     """
     kernel = np.asarray(kernel, dtype=np.float32)
     height, width = kernel.shape
-    weight = np.zeros((phases, 1, height, width + phases - 1), dtype=np.float32)
-    for j in range(phases):
-        weight[j, 0, :, j : j + width] = kernel
+    weight = np.zeros((phase_rows * phase_cols, 1, height + phase_rows - 1, width + phase_cols - 1), np.float32)
+    for a in range(phase_rows):
+        for b in range(phase_cols):
+            weight[a * phase_cols + b, 0, a : a + height, b : b + width] = kernel
     return torch.as_tensor(weight)
 
 
@@ -169,25 +173,28 @@ class FramePreprocess(nn.Module):
 
     The correlations are exact (no approximation of either kernel), arranged for speed:
 
-    - whitening (15x15, rank 8, not separable): one polyphase Conv (``polyphase_kernel``, 16 phases);
-    - Gaussian windows (13x13 = outer(g, g)): a horizontal polyphase Conv with the 1-D g, then a
-      vertical depthwise Conv with g on the 16 phase channels.
+    - whitening (15x15, rank 8, not separable): one polyphase Conv over 4 x 4 output blocks
+      (``polyphase_kernel``) and a pixel shuffle (DepthToSpace) back;
+    - Gaussian windows (13x13 = outer(g, g)): a horizontal polyphase Conv with the 1-D g over blocks of
+      16 columns, then a vertical depthwise Conv with g on the 16 phase channels.
 
-    Measured on a 2-core CPU (ONNX Runtime 1.32, one VGA frame, docs/benchmarks.md): the 15x15 as a
-    plain Conv ~25 ms, as a sum of 8 separable passes (its exact SVD) ~15 ms, polyphase ~3.3 ms; a
-    Gaussian as a plain Conv ~25 ms, polyphase-separable ~0.6 ms.
+    Measured on a 2-core CPU (ONNX Runtime 1.32, one VGA frame, 1 thread, docs/benchmarks.md): the 15x15
+    as a plain Conv ~12-25 ms, as the sum of its 8 separable SVD passes ~15 ms, polyphase 1 x 16
+    ~2.4 ms, 4 x 4 ~1.8 ms; a Gaussian as a plain Conv ~12-25 ms, polyphase-separable ~0.6 ms.
 
         >>> pre = FramePreprocess(PatchConfig())
         >>> pre(torch.zeros(2, 48, 64, dtype=torch.uint8)).shape    # (2, 48, 64)
     """
 
     whiten_weight: Tensor
-    phase_bias: Tensor
+    whiten_bias: Tensor
     lcn_row_weight: Tensor
     lcn_column_weight: Tensor
+    lcn_bias: Tensor
     enabled: bool
     pixel_scale: float
-    phases: int
+    whiten_phases: int
+    lcn_phases: int
     whiten_pad: int
     lcn_pad: int
     lcn_epsilon: float
@@ -198,31 +205,43 @@ class FramePreprocess(nn.Module):
         super().__init__()
         self.enabled = config is not None
         self.pixel_scale = UINT8_MAX
-        self.phases = POLYPHASE_PHASES
+        self.whiten_phases = WHITEN_PHASES
+        self.lcn_phases = LCN_PHASES
         whiten = whitening_kernel(config.whiten_f0, config.whiten_size) if config else np.zeros((1, 1))
         profile = gaussian_profile(config.lcn_size, config.lcn_sigma) if config else np.ones(1)
-        self.register_buffer("whiten_weight", polyphase_kernel(whiten, self.phases))  # (P, 1, kw, kw + P - 1)
-        self.register_buffer("lcn_row_weight", polyphase_kernel(profile[None, :], self.phases))  # (P, 1, 1, kl + P - 1)
-        self.register_buffer("lcn_column_weight", _vertical_kernel(profile, self.phases))  # (P, 1, kl, 1)
-        # An explicit zero bias: without one the exporter derives the bias from the input (CastLike), and
+        p, q = self.whiten_phases, self.lcn_phases
+        self.register_buffer("whiten_weight", polyphase_kernel(whiten, p, p))  # (p*p, 1, kw + p - 1, kw + p - 1)
+        self.register_buffer("lcn_row_weight", polyphase_kernel(profile[None, :], 1, q))  # (q, 1, 1, kl + q - 1)
+        self.register_buffer("lcn_column_weight", _vertical_kernel(profile, q))  # (q, 1, kl, 1)
+        # Explicit zero biases: without one the exporter derives the bias from the input (CastLike), and
         # ONNX Runtime's NCHWc layout pass, which needs a constant bias, then leaves the Conv unblocked.
-        self.register_buffer("phase_bias", torch.zeros(self.phases))
+        self.register_buffer("whiten_bias", torch.zeros(p * p))
+        self.register_buffer("lcn_bias", torch.zeros(q))
         self.whiten_pad = whiten.shape[0] // 2
         self.lcn_pad = profile.shape[0] // 2
         self.lcn_epsilon = LCN_EPSILON
         self.zscore_epsilon = ZSCORE_EPSILON
         self.zscore_floor = float(config.zscore_floor) if config else 0.0
 
-    def _correlate(self, x: Tensor, row_weight: Tensor, column_weight: Tensor, pad: int, separable: bool) -> Tensor:
-        """Correlate (B, 1, H, W) with a reflect-101 border; polyphase (see the class docstring)."""
+    def _whiten(self, x: Tensor) -> Tensor:
+        """Correlate (B, 1, H, W) with the whitening kernel, reflect-101 border; 4 x 4 polyphase."""
+        height, width = x.shape[2], x.shape[3]
+        pad, phases = self.whiten_pad, self.whiten_phases
+        extra_h = (phases - height % phases) % phases  # zeros below and right: whole blocks
+        extra_w = (phases - width % phases) % phases
+        padded = F.pad(F.pad(x, [pad, pad, pad, pad], mode="reflect"), [0, extra_w, 0, extra_h])
+        blocks = F.conv2d(padded, self.whiten_weight, self.whiten_bias, stride=(phases, phases))  # (B, p*p, ., .)
+        return F.pixel_shuffle(blocks, phases)[:, :, :height, :width]  # channel a*p + b -> offset (a, b)
+
+    def _smooth(self, x: Tensor) -> Tensor:
+        """Correlate (B, 1, H, W) with the LCN Gaussian, reflect-101 border; separable, rows polyphase."""
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
-        phases = self.phases
-        extra = (phases - width % phases) % phases  # right zeros: whole groups of phases columns
+        pad, phases = self.lcn_pad, self.lcn_phases
+        extra = (phases - width % phases) % phases  # zeros on the right: whole groups of columns
         padded = F.pad(F.pad(x, [pad, pad, pad, pad], mode="reflect"), [0, extra, 0, 0])
-        out = F.conv2d(padded, row_weight, self.phase_bias, stride=(1, phases))  # (B, P, H(+2 pad), (W + extra) / P)
-        if separable:
-            out = F.conv2d(out, column_weight, self.phase_bias, groups=phases)  # (B, P, H, (W + extra) / P)
-        # channel j of column i is output column P * i + j
+        rows = F.conv2d(padded, self.lcn_row_weight, self.lcn_bias, stride=(1, phases))  # (B, q, H + 2 pad, .)
+        out = F.conv2d(rows, self.lcn_column_weight, self.lcn_bias, groups=phases)  # (B, q, H, (W + extra) / q)
+        # channel j of column i is output column q * i + j
         out = out.permute(0, 2, 3, 1).reshape(batch, 1, height, width + extra)
         return out[:, :, :, :width]
 
@@ -233,11 +252,11 @@ class FramePreprocess(nn.Module):
         # 0. centre (the whitening kernel has zero DC gain: this only removes float32 cancellation)
         x = x - x.mean(dim=(2, 3), keepdim=True)
         # 1. whitening
-        x = self._correlate(x, self.whiten_weight, self.lcn_column_weight, self.whiten_pad, False)  # (B, 1, H, W)
+        x = self._whiten(x)  # (B, 1, H, W)
         # 2. local contrast normalisation: centre by the local mean, divide by max(local std, its mean)
-        local_mean = self._correlate(x, self.lcn_row_weight, self.lcn_column_weight, self.lcn_pad, True)
+        local_mean = self._smooth(x)
         centred = x - local_mean
-        local_var = self._correlate(centred * centred, self.lcn_row_weight, self.lcn_column_weight, self.lcn_pad, True)
+        local_var = self._smooth(centred * centred)
         local_std = torch.sqrt(torch.clamp(local_var, min=0.0))  # clamp absorbs filtering round-off
         floor = local_std.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1) per-frame mean of s
         x = centred / (torch.maximum(local_std, floor) + self.lcn_epsilon)
