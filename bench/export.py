@@ -15,11 +15,24 @@ taken in this run):
    of the rate path's time at 1200: with the model's real rates (the frame graph's rates of a
    natural 640x480 frame) and with every rate = 200 (the stress case at the model's clamp).
 3. the frame graph on one VGA frame (preprocessing, rates and reconstruction), for reference.
+4. each graph against its baseline, at 1 and at 2 intra-op threads (or ``--threads``), timed in
+   alternating rounds with it (docs/benchmarks.md lists the targets):
+
+   ==============================  =================================================  ==========
+   graph                           baseline (same thread count)                       target
+   ==============================  =================================================  ==========
+   preprocessing, VGA frame        OpenCV: the same filters and LCN / z-score         <= 5 ms
+   frame graph, VGA frame          OpenCV preprocessing                               <= 8 ms
+   rates graph, 1200 x D           a plain MatMul + Exp graph of the same shape       <= 1.5x
+   sampler, real rates 1200 x K    the rates graph                                    <= 1x
+   ==============================  =================================================  ==========
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import statistics
 import sys
 import tempfile
@@ -37,10 +50,18 @@ from pvae.cli import run_cli
 from pvae.errors import ConfigError
 from pvae.export.exporter import export_bundle
 from pvae.export.verify import natural_images, sample_patches
+from pvae.preprocess_graph import preprocess_model
 from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
-from pvae.training.data import PatchConfig
+from pvae.training.data import (
+    LCN_EPSILON,
+    UINT8_MAX,
+    ZSCORE_EPSILON,
+    PatchConfig,
+    gaussian_kernel,
+    whitening_kernel,
+)
 
-__all__ = ["Timing", "main", "measure_pair"]
+__all__ = ["GraphTarget", "Timing", "main", "measure_pair", "opencv_preprocess"]
 
 PROG = "pvae-bench-export"
 #: Batch sizes: one patch, a small batch, one VGA frame (40 x 30 patches), four frames.
@@ -55,6 +76,8 @@ DEFAULT_ROUNDS = 5
 DEFAULT_ROUND_SECONDS = 0.2
 #: Calls before timing starts (first-run allocations, lazy init).
 WARMUP_CALLS = 3
+#: Intra-op thread counts of the graph-vs-baseline section when --threads is not given.
+GRAPH_THREADS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -110,13 +133,144 @@ def _vga_frame() -> np.ndarray:
     return cv2.resize(image, (VGA_SHAPE[1], VGA_SHAPE[0]), interpolation=cv2.INTER_AREA)[None]  # (1, 480, 640)
 
 
-def _session(path: Path, threads: int | None) -> Any:
+def _session(model: Path | bytes, threads: int | None) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+@dataclass(frozen=True)
+class GraphTarget:
+    """One row of the graph-vs-baseline section: a target in ms (absolute) or as a ratio."""
+
+    graph: str
+    baseline: str
+    max_ms: float | None = None
+    max_ratio: float | None = None
+
+    def verdict(self, seconds: float, ratio: float) -> str:
+        if self.max_ms is not None:
+            return f"<= {self.max_ms:g} ms: " + ("met" if seconds * 1e3 <= self.max_ms else "MISSED")
+        assert self.max_ratio is not None
+        return f"<= {self.max_ratio:g}x: " + ("met" if ratio <= self.max_ratio else "MISSED")
+
+
+#: The targets of the graph section (docs/benchmarks.md), in the order they are printed.
+GRAPH_TARGETS = (
+    GraphTarget("preprocess", "opencv", max_ms=5.0),
+    GraphTarget("frame", "opencv", max_ms=8.0),
+    GraphTarget("rates", "matmul_exp", max_ratio=1.5),
+    GraphTarget("sampler_real", "rates", max_ratio=1.0),
+)
+
+
+def opencv_preprocess(cfg: PatchConfig) -> Callable[[np.ndarray], np.ndarray]:
+    """``preprocess_image`` with OpenCV in float32 (the baseline of the preprocessing graph): the same
+    15x15 whitening correlation (``filter2D``), the two 13x13 Gaussians (``sepFilter2D``), LCN and
+    z-score, reflect-101 borders."""
+    import cv2
+
+    whiten = whitening_kernel(cfg.whiten_f0, cfg.whiten_size).astype(np.float32)
+    window = gaussian_kernel(cfg.lcn_size, cfg.lcn_sigma)
+    profile = (window.sum(axis=1) / window.sum()).astype(np.float32)
+    border = cv2.BORDER_REFLECT_101
+
+    def run(frame: np.ndarray) -> np.ndarray:
+        scaled = frame.astype(np.float32) * np.float32(1.0 / UINT8_MAX)
+        whitened = cv2.filter2D(scaled - scaled.mean(), cv2.CV_32F, whiten, borderType=border)
+        centred = whitened - cv2.sepFilter2D(whitened, cv2.CV_32F, profile, profile, borderType=border)
+        local_var = cv2.sepFilter2D(centred * centred, cv2.CV_32F, profile, profile, borderType=border)
+        local_std = np.sqrt(np.maximum(local_var, 0.0))
+        x = centred / (np.maximum(local_std, local_std.mean()) + np.float32(LCN_EPSILON))
+        x = x - x.mean()
+        scale = np.float32(max(float(np.sqrt(np.mean(x * x))), cfg.zscore_floor) + ZSCORE_EPSILON)
+        return np.asarray(x / scale, dtype=np.float32)
+
+    return run
+
+
+def _matmul_exp_model(input_dim: int, n_latents: int) -> bytes:
+    """The rates graph's floor: x (N, D) @ W (D, K) then Exp, nothing else (random W)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = (np.random.default_rng(0).standard_normal((input_dim, n_latents)) * 0.05).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["u"]), helper.make_node("Exp", ["u"], ["y"])],
+        "matmul_exp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", input_dim])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", n_latents])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    opsets = [helper.make_opsetid("", 18)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    model.ir_version = helper.find_min_ir_version_for(opsets)
+    return model.SerializeToString()
+
+
+def _graph_section(
+    graphs: dict[str, bytes],
+    cfg: PatchConfig | None,
+    frame: np.ndarray,
+    patches: np.ndarray,
+    n_latents: int,
+    thread_counts: Sequence[int],
+    rounds: int,
+    round_seconds: float,
+    say: Callable[[str], None],
+) -> list[tuple[int, dict[str, Timing]]]:
+    """Time every graph of GRAPH_TARGETS and its baseline in alternating rounds, per thread count."""
+    import cv2
+    import onnx
+
+    patch = math.isqrt(patches.shape[1])
+    pre_bytes = preprocess_model(onnx.load_from_string(graphs["frame"]), (patch, patch)).SerializeToString()
+    baseline_bytes = _matmul_exp_model(patches.shape[1], n_latents)
+    opencv = opencv_preprocess(cfg) if cfg is not None else None
+    seeds = iter(range(1, 1 << 62))
+    results = []
+    for threads in thread_counts:
+        cv2.setNumThreads(threads)
+        sessions = {
+            "matmul_exp": (_session(baseline_bytes, threads), "x"),
+            "rates": (_session(graphs["rates"], threads), "patches"),
+            "preprocess": (_session(pre_bytes, threads), "frames"),
+            "frame": (_session(graphs["frame"], threads), "frames"),
+        }
+        sampler = _session(graphs["sampler"], threads)
+        real_rates = sessions["frame"][0].run(["rates"], {"frames": frame})[0][0]
+        def call(session: Any, name: str) -> Callable[[], object]:
+            feeds = {name: frame if name == "frames" else patches}
+            return lambda: session.run(None, feeds)
+
+        def sample(session: Any = sampler, rates: np.ndarray = real_rates) -> object:
+            return session.run(None, {"rates": rates, "seed": np.asarray(next(seeds), np.int64)})
+
+        fns: dict[str, Callable[[], object]] = {key: call(*value) for key, value in sessions.items()}
+        fns["sampler_real"] = sample
+        if opencv is not None:
+            fns["opencv"] = lambda: opencv(frame[0])
+        say(f"graphs vs baselines, {threads} intra-op thread(s): {', '.join(fns)} in alternating rounds ...")
+        results.append((threads, measure_pair(fns, rounds, round_seconds)))
+    return results
+
+
+def _print_graph_section(results: list[tuple[int, dict[str, Timing]]], rounds: int, round_seconds: float) -> None:
+    print()
+    print(f"graphs vs baselines (median of {rounds} alternating rounds of {round_seconds:g} s; load average "
+          f"{', '.join(f'{v:.2f}' for v in os.getloadavg())})")
+    print(f"{'threads':>7}  {'graph':<13} {'ms':>8}  {'baseline':<11} {'ms':>8}  {'ratio':>7}  target")
+    for threads, timings in results:
+        for target in GRAPH_TARGETS:
+            if target.graph not in timings or target.baseline not in timings:
+                continue
+            seconds, base = timings[target.graph].seconds, timings[target.baseline].seconds
+            ratio = seconds / base
+            print(f"{threads:>7}  {target.graph:<13} {seconds * 1e3:>8.2f}  {target.baseline:<11} {base * 1e3:>8.2f}  "
+                  f"{ratio:>6.2f}x  {target.verdict(seconds, ratio)}")
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -169,6 +323,7 @@ def _main(argv: Sequence[str] | None) -> int:
         rates_session = _session(bundle.graph_path("rates"), args.threads)
         sampler_session = _session(bundle.graph_path("sampler"), args.threads)
         frame_session = _session(bundle.graph_path("frame"), args.threads)
+        graph_bytes = {name: bundle.graph_path(name).read_bytes() for name in ("rates", "sampler", "frame")}
 
     shape = tuple(ckpt.model_config.input_shape)
     say(f"sampling {max(batches)} natural patches ...")
@@ -217,6 +372,11 @@ def _main(argv: Sequence[str] | None) -> int:
         args.round_seconds,
     )
     spikes = sampler_session.run(None, {"rates": real_rates, "seed": np.asarray(1, np.int64)})[0]
+    thread_counts = (args.threads,) if args.threads is not None else GRAPH_THREADS
+    graph_results = _graph_section(
+        graph_bytes, cfg, frame, vga_patches, ckpt.model_config.n_latents, thread_counts, args.rounds,
+        args.round_seconds, say,
+    )
 
     print()
     print(f"rate path, patches/s (median of {args.rounds} alternating rounds of {args.round_seconds:g} s)")
@@ -245,6 +405,7 @@ def _main(argv: Sequence[str] | None) -> int:
     print(
         f"frame graph, one 640x480 frame (preprocess + rates + reconstruction): {timings['frame'].seconds * 1e3:.2f} ms"
     )
+    _print_graph_section(graph_results, args.rounds, args.round_seconds)
     return 0
 
 
