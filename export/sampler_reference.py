@@ -37,7 +37,8 @@ Algorithm (per element, rates flattened row-major, e = flat index)
 Limits
 ------
 - Rates are clamped to ``MAX_RATE`` (1e6): above it the counts are Poisson(1e6), not Poisson(rate).
-  Checked against scipy from 1e-3 to 200 (tests/test_sampler_onnx.py) and in the mean at 1e4 and 1e6.
+  Checked against scipy from 1e-7 to 200 (10**6 draws per rate, on both sides of the PTRS switch and of
+  the pre-screen; tests/test_sampler_onnx.py) and in the mean at 1e4 and 1e6.
 - Counts are int32; no cap below ``MAX_RATE`` applies (int32 holds any count PTRS can return there).
 - The uniforms have 32 bits: an inversion count k is reached with its exact probability rounded to the
   2**-32 grid, so probabilities below ~2e-10 (e.g. counts far in the tail) are not represented, and a

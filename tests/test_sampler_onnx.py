@@ -268,6 +268,56 @@ def test_tiny_rates_follow_one_minus_exp(sampler: ort.InferenceSession) -> None:
     assert abs(spikes - n * p) < Z_TOLERANCE * np.sqrt(n * p * (1 - p))
 
 
+# Goodness of fit at 10**6 draws per rate from 1e-7 to 200, on both sides of every switch: the
+# inversion/PTRS switch at SWITCH_RATE = 10; the pre-screen (an element is a candidate when its byte
+# A < lambda 2**8 + 1: the "+ 1" dominates around 1/256, and every element is a candidate from
+# lambda ~ 255/256 up); the inversion Loop's blocks of DEFAULT_INVERSION_BLOCK = 4 steps (counts 4/5
+# and 8/9 around rates 5 and 9); and the model's clamp at e**5.3 ~ 200.
+BIG_DRAWS = 1_000_000
+BIG_RATES = [
+    1e-5, 1e-3, 0.0035, 0.0043, 0.1, 0.99, 1.01, 3.0, 5.0, 9.99, 9.999999, 10.0, 10.01, 30.0, 100.0, 200.0
+]
+TINY_RATES = [1e-7, 1e-6]  # too few spikes for bins: the total count is tested (Poisson(n lambda))
+TINY_DRAWS = 20_000_000
+
+
+@pytest.fixture(scope="module")
+def big_counts(sampler: ort.InferenceSession) -> np.ndarray:
+    """(len(BIG_RATES), BIG_DRAWS) counts, one row per rate, from one run."""
+    rates = np.repeat(np.array(BIG_RATES, dtype=np.float32)[:, None], BIG_DRAWS, axis=1)
+    return _sample(sampler, rates, 20260)
+
+
+@pytest.mark.parametrize("row", range(len(BIG_RATES)), ids=[str(r) for r in BIG_RATES])
+def test_goodness_of_fit_at_a_million_draws(big_counts: np.ndarray, row: int) -> None:
+    """Chi-square over merged bins (each expecting >= 5) and the mean within 5 standard errors."""
+    lam, counts = float(np.float32(BIG_RATES[row])), big_counts[row]
+    n = counts.size
+    assert abs(counts.mean() - lam) < Z_TOLERANCE * np.sqrt(lam / n)
+    observed, expected = [], []
+    for lo, hi in _merged_bins(lam, n):
+        if hi < 0:
+            observed.append(np.sum(counts >= lo))
+            expected.append(n * stats.poisson.sf(lo - 1, lam))
+        else:
+            observed.append(np.sum((counts >= lo) & (counts <= hi)))
+            expected.append(n * (stats.poisson.cdf(hi, lam) - stats.poisson.cdf(lo - 1, lam)))
+    assert len(observed) >= 2
+    expected_arr = np.array(expected) * n / np.sum(expected)
+    result = stats.chisquare(np.array(observed, dtype=np.float64), expected_arr)
+    assert result.pvalue > MIN_P_VALUE, (lam, observed, expected_arr)
+
+
+@pytest.mark.parametrize("lam", TINY_RATES)
+def test_tiny_rates_total_count(sampler: ort.InferenceSession, lam: float) -> None:
+    """The total count over 2e7 draws is Poisson(n lambda): two-sided p-value above MIN_P_VALUE."""
+    rates = np.full((TINY_DRAWS // 1000, 1000), lam, np.float32)
+    total = int(_sample(sampler, rates, 4242).sum(dtype=np.int64))
+    mean = TINY_DRAWS * float(np.float32(lam))
+    p_value = 2.0 * min(stats.poisson.cdf(total, mean), stats.poisson.sf(total - 1, mean))
+    assert p_value > MIN_P_VALUE, (lam, total, mean)
+
+
 # --------------------------------------------------------------------------------------------- seeds
 def test_same_seed_gives_the_same_counts(sampler: ort.InferenceSession) -> None:
     rates = realistic_rates(64, 512, seed=1) * 20.0
