@@ -61,9 +61,10 @@ __all__ = [
 
 #: The parity gate: log-rates of every format within 1e-5 (absolute, fp32) of torch.
 LOG_RATE_TOLERANCE = 1e-5
-#: Frame preprocessing vs the float64 reference. The graph runs two 15x15/13x13 float32 correlations
-#: and whole-frame float32 means; z-scored values reach ~10, so ~1e-5 absolute is float32 round-off.
-PREPROCESS_TOLERANCE = 1e-4
+#: Frame preprocessing vs the float64 reference. The graph runs float32 correlations (15x15 whitening,
+#: two separable 13x13 Gaussians) and whole-frame float32 means; z-scored values reach ~10, so ~1e-5
+#: absolute is float32 round-off (1.7e-5 measured on the bundled model's verification frames).
+PREPROCESS_TOLERANCE = 5e-5
 #: Decoded patches / reconstructions, *relative* (max_rel): decoding counts of up to a few hundred
 #: gives values of hundreds, so an absolute gate would only measure the input scale.
 DECODER_TOLERANCE = 1e-5
