@@ -29,14 +29,12 @@ __all__ = [
     "RATE_CODE_LOG_MIN",
     "RATE_CODE_LOG_STEP",
     "U8_SATURATED",
-    "CountEvents",
     "DenseCountsPacked",
     "FrameStatistics",
     "RateCodesPacked",
     "RiceCodesPacked",
     "SparseCountsPacked",
     "encode_image",
-    "frame_events",
     "frame_statistics",
     "pack_dense_counts",
     "pack_floats",
@@ -187,37 +185,23 @@ class DenseCountsPacked:
     """Entries whose true count is >= 255."""
 
 
-@dataclass(frozen=True)
-class CountEvents:
-    """Nonzero counts of an (N, K) array in row-major order."""
-
-    rows: np.ndarray  # (E,) int64 patch index
-    latents: np.ndarray  # (E,) int64 latent index
-    values: np.ndarray  # (E,) int32 count >= 1
-
-
-def _events(counts: np.ndarray) -> CountEvents:
-    flat = counts.reshape(-1)
-    index = np.flatnonzero(flat)  # (E,) row-major, so sorted by patch then latent
-    rows, latents = np.divmod(index, counts.shape[1])
-    return CountEvents(rows, latents, flat[index])
-
-
-def pack_sparse_counts(counts: np.ndarray, events: CountEvents | None = None) -> SparseCountsPacked:
+def pack_sparse_counts(counts: np.ndarray) -> SparseCountsPacked:
     """int (N, K) counts >= 0 -> exact sparse events."""
     n_patches, n_latents = counts.shape
     if n_latents > MAX_LATENTS:
         raise InputError(f"sparse counts: {n_latents} latents do not fit uint16 latent indices")
-    ev = _events(counts) if events is None else events
-    per_patch = np.bincount(ev.rows, minlength=n_patches)  # (N,)
+    flat = counts.reshape(-1)
+    index = np.flatnonzero(flat)  # (E,) row-major: by patch, then latent
+    values = flat[index]
+    per_patch = np.count_nonzero(counts, axis=1)  # (N,)
     offsets = np.zeros(n_patches + 1, dtype=OFFSET_DTYPE)
     np.cumsum(per_patch, out=offsets[1:])
-    large = ev.values >= U8_SATURATED
+    large = values >= U8_SATURATED
     return SparseCountsPacked(
         patch_offsets=offsets.tobytes(),
-        latents=ev.latents.astype(LATENT_DTYPE).tobytes(),
-        counts=np.minimum(ev.values, U8_SATURATED).astype(np.uint8).tobytes(),
-        large_counts=tuple(int(v) for v in ev.values[large]),
+        latents=(index % n_latents).astype(LATENT_DTYPE).tobytes(),
+        counts=np.minimum(values, U8_SATURATED).astype(np.uint8).tobytes(),
+        large_counts=tuple(int(v) for v in values[large]),
     )
 
 
@@ -254,18 +238,17 @@ class FrameStatistics:
     """Mean of the rates."""
 
 
-def frame_statistics(counts: np.ndarray, rates: np.ndarray, events: CountEvents | None = None) -> FrameStatistics:
+def frame_statistics(counts: np.ndarray, rates: np.ndarray) -> FrameStatistics:
     """Statistics of (N, K) counts and rates.
 
     Population sparsity per patch is S = (1 - (sum z)^2 / (K sum z^2)) / (1 - 1/K); a patch with
-    no spike counts as S = 1 (the P-VAE paper's convention). Computed from the events, so it costs
-    O(spikes), not O(N K).
+    no spike counts as S = 1 (the P-VAE paper's convention). Row sums over the dense counts, in
+    int64 (a count's square can pass int32): cheaper than finding the nonzero events first.
     """
     n_patches, n_latents = counts.shape
-    ev = _events(counts) if events is None else events
-    values = ev.values.astype(np.float64)
-    sum_z = np.bincount(ev.rows, weights=values, minlength=n_patches)  # (N,)
-    sum_z2 = np.bincount(ev.rows, weights=values * values, minlength=n_patches)  # (N,)
+    size = counts.size
+    sum_z = counts.sum(axis=1, dtype=np.int64).astype(np.float64)  # (N,)
+    sum_z2 = np.einsum("ij,ij->i", counts, counts, dtype=np.int64).astype(np.float64)  # (N,)
     if n_latents > 1:
         spiking = sum_z2 > 0
         per_patch = np.ones(n_patches, dtype=np.float64)
@@ -273,15 +256,9 @@ def frame_statistics(counts: np.ndarray, rates: np.ndarray, events: CountEvents 
         sparsity = float(per_patch.mean()) if n_patches else 1.0
     else:  # with one latent the measure is undefined; call it maximally sparse
         sparsity = 1.0
-    size = counts.size
     return FrameStatistics(
-        total_spikes=int(values.sum()),
-        active_fraction=float(len(values) / size) if size else 0.0,
+        total_spikes=int(sum_z.sum()),
+        active_fraction=float(np.count_nonzero(counts) / size) if size else 0.0,
         population_sparsity=sparsity,
         mean_rate=float(rates.mean(dtype=np.float64)) if size else 0.0,
     )
-
-
-def frame_events(counts: np.ndarray) -> CountEvents:
-    """The nonzero events of (N, K) counts, to share between packing and statistics."""
-    return _events(counts)

@@ -29,7 +29,6 @@ from pvae.serving.pack import (
     RiceCodesPacked,
     SparseCountsPacked,
     encode_image,
-    frame_events,
     frame_statistics,
     pack_dense_counts,
     pack_rate_codes,
@@ -370,16 +369,17 @@ class Pipeline:
             if spec.wants(Output.COUNTS):
                 result.counts_i32 = np.ascontiguousarray(counts, dtype="<i4").tobytes()
         elif counts is not None and rates is not None:
-            sparse = spec.count_format is CountFormat.SPARSE
-            # The nonzero events serve both the sparse packing and the statistics: find them once.
-            events = frame_events(counts) if sparse or spec.wants(Output.STATS) else None
-            result.total_spikes = int(events.values.sum()) if events is not None else int(counts.sum())
             if spec.wants(Output.COUNTS) and spec.count_format is CountFormat.RICE:
                 result.counts = pack_rice_counts(counts)
+            elif spec.wants(Output.COUNTS) and spec.count_format is CountFormat.SPARSE:
+                result.counts = pack_sparse_counts(counts)
             elif spec.wants(Output.COUNTS):
-                result.counts = pack_sparse_counts(counts, events) if sparse else pack_dense_counts(counts)
+                result.counts = pack_dense_counts(counts)
             if spec.wants(Output.STATS):
-                result.stats = frame_statistics(counts, rates, events)
+                result.stats = frame_statistics(counts, rates)
+                result.total_spikes = result.stats.total_spikes
+            else:
+                result.total_spikes = int(counts.sum(dtype=np.int64))
 
     @staticmethod
     def _image(image: np.ndarray, spec: OutputSpec) -> PackedImage:
