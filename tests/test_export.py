@@ -253,6 +253,15 @@ def test_frame_graph_follows_the_pad_policy(
     assert np.abs(ts_outs[1].numpy() - log_rates).max() <= 10 * LOG_RATE_TOL
 
 
+def test_benchmark_baseline_is_the_training_preprocessing(model_and_cfg: tuple[VAE, PatchConfig]) -> None:
+    """pvae-bench-export times the preprocessing graph against OpenCV doing the same work: check it is."""
+    from pvae.bench.export import opencv_preprocess
+
+    _, cfg = model_and_cfg
+    frame = natural_frames((1, 48, 64), seed=4)[0]
+    assert np.abs(opencv_preprocess(cfg)(frame) - reference_preprocess(frame, cfg)).max() <= PREPROCESS_TOL
+
+
 def test_pad_is_reflect_not_edge_or_zero(model_and_cfg: tuple[VAE, PatchConfig], bundle_dir: Path) -> None:
     """The reference above could only fail if the pad rule mattered: make sure it does here."""
     frames = natural_frames((1, 33, 47), seed=1)
