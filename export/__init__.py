@@ -4,7 +4,8 @@ The stages, in data-flow order::
 
     modules.py      torch modules of each path: FramePreprocess, RatePath, DecoderPath, FramePath
     onnx_export.py  those modules -> ONNX (dynamo exporter, one run, dynamic axes)
-    sampler.py      the exact Poisson sampler as a standard-ops ONNX graph (+ numpy reference)
+    sampler_reference.py  the exact Poisson sampler's algorithm in numpy (test oracle) and its constants
+    sampler.py      the same sampler as a standard-ops ONNX graph
     torchscript.py  the same modules -> TorchScript (deprecation warnings handled)
     verify.py       torch vs ONNX Runtime vs TorchScript parity; sampler statistics
     exporter.py     export_bundle(): the steps, the manifest, the atomic rename
@@ -15,7 +16,8 @@ The stages, in data-flow order::
     >>> from pvae.export import export_bundle
     >>> export_bundle("runs/quick/best.pt", "runs/quick/best.bundle", progress=print)
 
-The names below are imported lazily: ``import pvae.export.sampler`` (numpy + onnx) must not pull
+The names below are imported lazily: ``import pvae.export.sampler`` (numpy + onnx; its reference is
+numpy only) must not pull
 in torch, because serving hosts run without it.
 """
 
