@@ -232,7 +232,8 @@ def server_processes(config: BenchConfig, bundle_path: Path) -> Iterator[int]:
     port = free_port()
     command = [sys.executable, "-m", "pvae.serving", "--model", str(bundle_path), "--port", str(port),
                "--metrics-port", "off", "--device", config.device, "--intra-op-threads", str(config.server_threads),
-               "--max-window", str(max(config.window, 1)), "--default-window", str(max(config.window, 1)), *config.extra_server_args]
+               "--max-window", str(max(config.window, 1)), "--default-window", str(max(config.window, 1)),
+               *config.extra_server_args]
     if config.gpu is not None:
         command += ["--gpu", str(config.gpu)]
     processes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True,

@@ -34,6 +34,7 @@ from pvae.bench.oip import (
     is_installed,
     latency_decomposition,
     main,
+    mode_checks,
     parse_perf_csv,
     problem_lines,
     read_input_json,
@@ -568,3 +569,21 @@ def test_plot_is_written_with_and_without_the_floor(tmp_path: Path, with_floor: 
     path = bench_oip.write_plot(_figures(stream_rps=70.0, stream_p99=18.0, floor=floor), tmp_path / "out" / "oip.png")
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
+
+
+def test_mode_targets_judge_every_row_against_in_process_triton_and_its_spread() -> None:
+    baseline = _row("in-process ONNX Runtime", 200.0, 3.0)
+    rows = [_row(RUNS[0].name, 150.0, 4.0), _row(RUNS[1].name, 99.0, 15.0),
+            {**_row(RUNS[2].name, 100.0, 9.0), "p50_ms": 4.0}]
+    checks = {c.label: c for c in mode_checks(baseline, rows)}
+    assert checks["OIP unary c=1 / in-process req/s >= 0.5"].met  # 0.75
+    assert not checks["OIP unary c=4 / in-process req/s >= 0.5"].met  # 0.495
+    assert checks["OIP streaming c=1 / in-process req/s >= 0.5"].met  # exactly 0.5
+    assert checks["OIP unary c=1 p99 <= 2 x p50"].met  # _row sets p50 = p99 / 2
+    assert not checks["OIP streaming c=1 p99 <= 2 x p50"].met  # 9 / 4
+    triton = [c for c in checks.values() if "Triton" in c.label]
+    assert [c.met for c in triton] == [True, True, True]  # 150/65.6, 99/33.5, 100/28.8 all >= 2
+    slow = mode_checks(baseline, [_row(RUNS[0].name, 100.0, 4.0)])
+    assert not next(c for c in slow if "Triton" in c.label).met  # 1.52x Triton's 65.6
+    report = format_report({**_figures(stream_rps=100.0, stream_p99=8.0), "mode_targets": [vars(c) for c in slow]})
+    assert "OIP unary c=1 >= 2x Triton's 65.6 req/s (another run): MISSED (1.52x)" in report
