@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from pvae.clients.options import OUTPUTS, EncodeOptions, ImageEncoding, OutputName
+from pvae.clients.options import OUTPUTS, CountFormat, EncodeOptions, FloatFormat, ImageEncoding, OutputName
 from pvae.errors import ConfigError
 
 __all__ = ["DEFAULT_FRAMES", "DEFAULT_OUTPUTS", "DEFAULT_SIZE", "MODES", "BenchConfig", "Device", "FrameInput", "Mode"]
@@ -64,6 +64,10 @@ class BenchConfig:
     """Outputs each request asks for."""
     image_encoding: ImageEncoding = "raw"
     """Encoding of the returned reconstruction."""
+    float_format: FloatFormat = "fp16"
+    """Rates and log-rates: ``fp16``, ``fp32`` or ``u8log`` (8-bit log-grid codes, relative error < 4.3 %)."""
+    count_format: CountFormat = "sparse"
+    """Spike counts: ``sparse`` events, ``dense_u8`` or ``rice`` (exact, entropy coded)."""
     duration_s: float | None = None
     """Seconds per level (open the tap, close it after this long); exclusive with ``frames``."""
     frames: int | None = None
@@ -123,6 +127,7 @@ class BenchConfig:
         return self.frames if self.frames is not None else DEFAULT_FRAMES
 
     def encode_options(self) -> EncodeOptions:
-        """What every request asks for: ``outputs``, fp16 rates, sparse counts, the reconstruction as
-        ``image_encoding``, seed 1."""
-        return EncodeOptions(outputs=self.outputs, seed=SEED, image_encoding=self.image_encoding)
+        """What every request asks for: ``outputs`` in ``float_format`` and ``count_format``, the
+        reconstruction as ``image_encoding``, seed 1."""
+        return EncodeOptions(outputs=self.outputs, seed=SEED, image_encoding=self.image_encoding,
+                             float_format=self.float_format, count_format=self.count_format)

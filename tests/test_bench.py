@@ -163,3 +163,17 @@ def test_cli_starts_its_own_server(tiny_bundle: Bundle, tmp_path: Path, capsys: 
 def test_cli_refuses_bad_flags(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--server", "127.0.0.1:1", "--frames", "3", "--duration", "1"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_realtime_targets_are_judged_with_their_figures() -> None:
+    from pvae.bench.serve import realtime_lines
+
+    rows = [{"name": "1 stream", "fps": 50.0, "p50_ms": 30.0, "round_trip_bytes": 700_000},
+            {"name": "4 streams", "fps": 59.9, "p50_ms": 60.0, "round_trip_bytes": 800_001}]
+    lines = realtime_lines(rows)
+    assert lines[0] == "1 stream >= 50 fps with p50 <= 30 ms: met (50.0 fps, p50 30.0 ms)"
+    assert lines[1] == "4 streams >= 60 fps in total: MISSED (59.9 fps)"
+    assert lines[2] == "round trip <= 0.8 MB with rates requested (compact formats): MISSED (0.800 MB)"
+    slow = realtime_lines([{**rows[0], "p50_ms": 30.1}])
+    assert slow[0].startswith("1 stream >= 50 fps with p50 <= 30 ms: MISSED")
+    assert slow[1].endswith("met (0.700 MB)")
