@@ -106,9 +106,10 @@ class RunFigures:
     def add_response(self, result: pb.EncodeResult, response_bytes: int) -> None:
         """Record a response's size, split by output."""
         self.response_bytes.append(response_bytes)
-        counts = result.sparse_counts if result.HasField("sparse_counts") else result.dense_counts
-        for part, size in (("rates", len(result.rates)), ("counts", counts.ByteSize()),
-                           ("reconstruction", len(result.reconstruction.data))):
+        which = result.WhichOneof("counts")
+        counts = getattr(result, which).ByteSize() if which else 0
+        rates = len(result.rates) + (result.rate_codes.ByteSize() if result.HasField("rate_codes") else 0)
+        for part, size in (("rates", rates), ("counts", counts), ("reconstruction", len(result.reconstruction.data))):
             self.parts.setdefault(part, []).append(size)
         if result.HasField("stats"):
             self.batch_sizes.append(result.stats.timings.batch_size)
