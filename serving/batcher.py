@@ -4,7 +4,8 @@ Frames wait in per-size queues. The dispatcher takes the size whose oldest frame
 waits at most ``max_delay_s`` (since that frame arrived) for companions, and runs up to
 ``max_batch`` of them in one inference call on an inference thread. While the calls run, new
 frames queue up, so batches grow with load by themselves. Sampling and packing of a finished
-batch run on a separate post-processing thread, overlapping the next inference call.
+batch run on a separate post-processing thread, overlapping the next inference call; each frame
+is answered as soon as it is packed, not when its whole batch is.
 
 ``workers`` inference threads (default 1) may run calls at once: on a CPU host, two workers
 with one ONNX Runtime thread each keep both cores busy with two requests instead of splitting
@@ -32,6 +33,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -250,33 +252,38 @@ class Batcher:
         await self._post_process(inferred, live, post_slots)
 
     async def _post_process(self, inferred: InferredBatch, items: list[_Item], slots: asyncio.Semaphore) -> None:
+        """Finish the batch's frames one after another; each frame's caller gets its result as soon as
+        that frame is done, not when the whole batch is."""
         loop = asyncio.get_running_loop()
-        try:
-            if self._post_pool is None:  # finish inline on the inference thread
-                outcomes = await loop.run_in_executor(self._infer_pool, self._finish_all, inferred, items)
-            else:
-                outcomes = await loop.run_in_executor(self._post_pool, self._finish_all, inferred, items)
-        finally:
-            slots.release()
-        for item, outcome in zip(items, outcomes, strict=True):
+
+        def resolve(item: _Item, outcome: Any) -> None:
             if item.future.done():
-                continue
+                return
             if isinstance(outcome, BaseException):
                 item.future.set_exception(outcome)
-            else:
-                item.future.set_result(outcome)
-                if self.metrics is not None:
-                    self.metrics.observe_stage("sampling", outcome.times.sampling)
-                    self.metrics.observe_stage("packing", outcome.times.packing)
+                return
+            item.future.set_result(outcome)
+            if self.metrics is not None:
+                self.metrics.observe_stage("sampling", outcome.times.sampling)
+                self.metrics.observe_stage("packing", outcome.times.packing)
 
-    def _finish_all(self, inferred: InferredBatch, items: list[_Item]) -> list[Any]:
-        outcomes: list[Any] = []
+        def finish_each() -> None:
+            for index, outcome in enumerate(self._finish_all(inferred, items)):
+                loop.call_soon_threadsafe(resolve, items[index], outcome)
+
+        try:
+            pool = self._infer_pool if self._post_pool is None else self._post_pool  # None: on the inference thread
+            await loop.run_in_executor(pool, finish_each)
+        finally:
+            slots.release()
+
+    def _finish_all(self, inferred: InferredBatch, items: list[_Item]) -> Iterator[Any]:
+        """Each frame's outcome in turn: its result, or the exception that failed it alone."""
         for index, item in enumerate(items):
             if item.cancelled:  # its caller is gone: skip the work
-                outcomes.append(UnavailableError("cancelled"))
+                yield UnavailableError("cancelled")
                 continue
             try:
-                outcomes.append(self.pipeline.finish(inferred, index))
+                yield self.pipeline.finish(inferred, index)
             except Exception as exc:  # one frame's failure stays that frame's
-                outcomes.append(exc)
-        return outcomes
+                yield exc
