@@ -67,6 +67,12 @@ class ServeConfig:
     inference_workers: int = 1
     """inference calls that may run at once; on a CPU host, N workers with --intra-op-threads 1 serve N requests
     side by side instead of splitting each across the cores"""
+    sampler_threads: int = 1
+    """ONNX Runtime intra-op threads of the sampler session (-1: as --intra-op-threads). Its loops gain little from
+    a second thread (VGA, bundled model: 36 ms at 1, 31 ms at 2), so one thread each with --post-threads 2
+    samples two frames side by side"""
+    post_threads: int = 2
+    """threads that sample and pack finished frames, overlapping the next inference call"""
     decode_threads: int = 2
     """threads that decode JPEG/PNG frames"""
     max_batch_frames: int = 8
@@ -130,6 +136,8 @@ class ServeConfig:
                f"must be in [0, 65535], got {self.metrics_port}")
         _check(bool(self.host), "host", "must not be empty")
         _check(self.intra_op_threads >= 0, "intra_op_threads", f"must be >= 0, got {self.intra_op_threads}")
+        _check(self.sampler_threads >= -1, "sampler_threads", f"must be >= -1, got {self.sampler_threads}")
+        _check(self.post_threads >= 1, "post_threads", f"must be >= 1, got {self.post_threads}")
         _check(1 <= self.inference_workers <= 64, "inference_workers",
                f"must be 1..64, got {self.inference_workers}")
         _check(self.decode_threads >= 1, "decode_threads", f"must be >= 1, got {self.decode_threads}")

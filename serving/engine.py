@@ -182,7 +182,7 @@ class Engine:
     """
 
     def __init__(self, bundle: Bundle, plan: DevicePlan, intra_op_threads: int = 0,
-                 io_binding: bool | None = None) -> None:
+                 io_binding: bool | None = None, sampler_threads: int | None = None) -> None:
         self.bundle = bundle
         self.plan = plan
         self.io_binding = plan.kind == "cuda" if io_binding is None else io_binding
@@ -197,6 +197,15 @@ class Engine:
         # sessions would steal the cores the busy one needs (a 2-core host loses ~30 % to spinning).
         self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._sampler_options = self._options
+        if sampler_threads is not None and sampler_threads != intra_op_threads:
+            # The sampler's Loops gain little from a second thread; with one, the other core is free for
+            # the next frame's graph or a second frame's sampling (ServeConfig.sampler_threads).
+            self._sampler_options = ort.SessionOptions()
+            self._sampler_options.intra_op_num_threads = sampler_threads
+            self._sampler_options.inter_op_num_threads = 1
+            self._sampler_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            self._sampler_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
         frame = _graph(bundle, "frame")
         self._frame_input = frame.inputs[0].name
@@ -223,8 +232,8 @@ class Engine:
         policy = bundle.manifest.get("frame_policy") or {}
         self.min_frame_side = int(policy.get("min_side", 1))
 
-        self._sessions = {name: self._session(bundle.graph_path(name)) for name in ("frame", "sampler", "rates",
-                                                                                      "decoder")}
+        self._sessions = {name: self._session(bundle.graph_path(name)) for name in ("frame", "rates", "decoder")}
+        self._sessions["sampler"] = self._session(bundle.graph_path("sampler"), options=self._sampler_options)
         # frames -> model-space patches: cut out of the frame graph (pvae.preprocess_graph), so it is
         # the preprocessing every frame gets; the Open Inference Protocol serves it as pvae_preprocess.
         patch_shape = tuple(policy.get("patch_shape") or (self.patch_size, self.patch_size))
@@ -238,7 +247,7 @@ class Engine:
 
     # ------------------------------------------------------------------ sessions
 
-    def _session(self, path: Path, model: bytes | None = None) -> Any:
+    def _session(self, path: Path, model: bytes | None = None, options: Any = None) -> Any:
         """A session for the graph at ``path`` (or for ``model``, a graph made from it)."""
         providers: list[Any]
         if self.plan.kind == "cuda":
@@ -246,8 +255,8 @@ class Engine:
         else:
             providers = [CPU_PROVIDER]
         try:
-            session = self._ort.InferenceSession(str(path) if model is None else model, self._options,
-                                                 providers=providers)
+            session = self._ort.InferenceSession(str(path) if model is None else model,
+                                                 self._options if options is None else options, providers=providers)
         except Exception as exc:  # ONNX Runtime raises its own pybind exception types
             if self.plan.kind == "cuda":
                 raise DeviceError(f"--gpu {self.plan.device_id}: could not create a CUDA session for "

@@ -183,12 +183,13 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
     if engine is None:
         bundle = bundle if bundle is not None else resolve_bundle(config.model, config.cache_dir)
         check_bundle_confined(bundle)  # before ONNX Runtime opens any path the manifest names
-        engine = Engine(bundle, resolve_device(config.device, config.gpu), config.intra_op_threads)
+        engine = Engine(bundle, resolve_device(config.device, config.gpu), config.intra_op_threads,
+                        sampler_threads=None if config.sampler_threads < 0 else config.sampler_threads)
     bundle = engine.bundle
     check_bundle_confined(bundle)
     pipeline = Pipeline(engine)
     batcher = Batcher(pipeline, config.max_batch_frames, config.max_batch_delay_s, config.max_queue_frames, metrics,
-                      workers=config.inference_workers)
+                      post_threads=config.post_threads, workers=config.inference_workers)
     await batcher.start()
     info = _info(bundle, engine, config)
     metrics.model_info.info({

@@ -375,7 +375,7 @@ def test_read_inputs_refuses_mixed_and_short_typed_contents(tiny_bundle: Bundle)
 
 
 def test_overload_is_resource_exhausted_and_metrics_are_labelled(engine: Engine, tiny_bundle: Bundle) -> None:
-    with InProcessServer(serve_config(max_queue_frames=1, max_batch_frames=1, max_batch_delay_s=0.0),
+    with InProcessServer(serve_config(max_queue_frames=1, max_batch_frames=1, max_batch_delay_s=0.0, post_threads=1),
                          engine=engine, auth_tokens=()) as server, grpc.insecure_channel(server.address) as channel:
         stub = oip_grpc.GRPCInferenceServiceStub(channel)
         request = _rates_request([2000, tiny_bundle.patch_size ** 2],
