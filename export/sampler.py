@@ -9,28 +9,36 @@ constants and its limits are specified in :mod:`pvae.export.sampler_reference`, 
 
 Graph
 -----
-The graph computes exactly that, but in an order whose cost follows the spike count:
+The graph computes exactly that, but in an order whose cost follows the work the bytes A leave open:
 
-a. Dense pre-screen on all N*K elements: one ``squares32`` per 4 elements (the bytes A), then a float32
-   test ``A < lambda * 2**8 + 1`` (with a rigorous rounding margin) that every element with count >= 1
-   passes. The others (most elements when lambda << 1) are 0 without further work.
-b. Compaction of the candidates (``Compress`` of an index range, then ``GatherElements``, both much faster
-   on the CPU EP than ``NonZero`` + ``Gather``); B is drawn for them only.
-c. Inversion in a ``Loop`` that advances ``inversion_block`` steps per iteration and keeps only the still
-   running elements. PTRS in a second ``Loop`` that keeps only the rejected elements; inside a round only
-   the proposals that neither the squeeze accepts nor the quick test rejects (~30 %) reach the logs.
-d. ``ScatterElements`` of the counts into zeros.
+a. The byte A of every element: one ``squares32`` per 4 elements (draw 0), as exact float32 integers.
+b. Dense screen on all N*K elements, float32, from A alone: ``w * 256`` lies in the bin (A, A + 1)
+   whatever B is, so the first ``_DENSE_STEPS`` (4) sequential-search steps, in float32 with a rigorous
+   margin (proof in ``_emit_dense_screen``), prove the count of every element whose bin holds none of
+   its CDF values and whose count is below 4: 96 % of the bundled model's real rates, and all but 1/256
+   when lambda << 1. The rest (a CDF value near its bin, count >= 4, lambda >= SWITCH_RATE)
+   is compacted (``Compress`` of an index range, then ``GatherElements``, both much faster on the CPU
+   EP than ``NonZero`` + ``Gather``); B is drawn for them only.
+c. Exact inversion (float64, step 3) of those in a ``Loop`` that advances ``inversion_block`` steps per
+   iteration and keeps only the still running elements. PTRS: round 0 on every large rate, then a
+   ``Loop`` that keeps only the rejected elements; inside a round only the proposals that neither the
+   squeeze accepts nor the quick test rejects (~30 %) reach the logs.
+d. ``ScatterElements`` of their counts into the counts of step b.
+
+The order changes no count: each element's uniforms come from its own counters, and step b decides an
+element only when every float64 value the reference compares its uniform with lies on a proven side.
 
 Cost model
 ----------
-Dense part: 20 uint64 ops on N*K/4 words, ~7 float32/uint32 passes over N*K elements and one
-compaction (``Compress``) over N*K. Candidate part: proportional to the number of candidates
-M ~ sum(min(lambda, 1)) + N*K/256. Inversion Loop: ceil(max count / inversion_block) iterations (4 for
-sparse codes like the model's, at most 10 for rates < 10). PTRS Loop: until every proposal is accepted;
-a round accepts with probability alpha (0.75 at rate 10, 0.86 at 200), so about
-1 + ln(#large) / ln(1 / (1 - alpha)) iterations (7 for 614,400 elements at rate 200). On CUDA every
+Dense part: 20 uint64 ops on N*K/4 words, ~35 float32/bool passes over N*K elements (the screen) and one
+compaction (``Compress``) over N*K. Exact part: proportional to the M elements the screen leaves,
+M ~ N*K / 256 (A = 0) + ~1/256 per CDF value above 1/256 + #(count >= 4) + #(lambda >= 10) (3.6 % of
+N*K for the bundled model's real rates; all of them at rate 200). Inversion Loop: ceil(max count /
+inversion_block) iterations (4 for sparse codes like the model's, at most 10 for rates < 10). PTRS: until
+every proposal is accepted; a round accepts with probability alpha (0.75 at rate 10, 0.86 at 200), so
+about 1 + ln(#large) / ln(1 / (1 - alpha)) rounds (7 for 614,400 elements at rate 200). On CUDA every
 compaction (``Compress``) and every Loop condition is a device-to-host sync: 4 before the Loops, 2 per
-inversion iteration and 3 per PTRS iteration (18 for sparse codes like the model's, 25 at rate 200).
+inversion iteration and 3 per PTRS round (18 for sparse codes like the model's, 25 at rate 200).
 
 Usage::
 
@@ -53,6 +61,7 @@ from pvae.export.sampler_reference import (
     _BYTES_PER_WORD,
     _COUNTER_STRIDE,
     _DRAW_LOW_BITS,
+    _DRAW_PTRS_FIRST,
     _HALF_LOG_2PI,
     _INT32_MAX,
     _KEY_WORDS,
@@ -138,12 +147,11 @@ only). Both give identical bits."""
 # ----------------------------------------------------------------------------------------------------
 # Graph-only constants
 # ----------------------------------------------------------------------------------------------------
-# Pre-screen margins (float32): candidate iff float32(v) < lambda * _SCREEN_SCALE + _SCREEN_OFFSET, where
-# v is the uint32 whose top byte is A. Relative slack 2**-10 and absolute slack 2**12 cover the float32
-# rounding (2**-24 relative, three roundings) and exp's ulp, so every element with u >= exp(-lambda) is a
-# candidate (proof in _emit_prescreen).
-_SCREEN_SCALE: Final = float(_TWO_32) * (1.0 + 2.0**-10)
-_SCREEN_OFFSET: Final = 2.0**24 + 2.0**12
+# Dense screen (float32, bin units of 2**-8 in w; proof in _emit_dense_screen): sequential-search steps
+# decided from the byte A alone, and the margin that covers float32 rounding and exp's error.
+_DENSE_STEPS: Final = 4
+_DENSE_MARGIN: Final = 2.0**-5
+
 
 # ----------------------------------------------------------------------------------------------------
 # Graph side
@@ -273,17 +281,13 @@ def _take(g: _Graph, data: str, indices: str) -> str:
     return g.op("GatherElements", data, indices, axis=0)
 
 
-def _emit_prescreen(g: _Graph, rates: str, n: str, key: str, shift: ShiftMode) -> tuple[str, str]:
-    """Steps a-b: candidate element indices (M,) and the uint32 words (4P,) whose top byte is A.
+def _emit_high_bytes(g: _Graph, n: str, key: str, shift: ShiftMode) -> str:
+    """Step a: element e's byte A (float32, an exact integer 0..255), shape (n,).
 
     With P = ceil(n / 4), element e = lane * P + slot takes byte 3 - lane of ``squares32(slot, key)``
-    (draw 0); multiplying the word by 2**(8 lane) (uint32, wrapping) moves that byte to the top, so
-    v = A 2**24 + rest.
-    Superset proof: count >= 1 needs u >= exp(-lambda), i.e. w <= 1 - exp(-lambda) <= lambda + 2**-52,
-    so A <= lambda 2**8 + 2**-44 and v < lambda 2**32 + 2**24 + 1. float32(v) <= v (1 + 2**-24), while
-    the threshold, after three float32 roundings, is >= lambda 2**32 (1 + 2**-10 - 2**-23) + 2**24
-    + 2**12 - 2, which is larger. NaN and -inf rates never pass (NaN < x is false); rates in (-2**-8, 0)
-    may pass and are set to 0 later, which gives count 0 as in the reference.
+    (draw 0). Lane j >= 1: the uint32 ``word * 2**(8j)`` (wrapping) has A on top and 8j zero bits below,
+    so it is exact in float32 and A = floor(float32(.) 2**-24). Lane 0 (32 significant bits) goes
+    through float64, where the word is exact.
     """
     i64 = np.int64
     words = np.int64(_BYTES_PER_WORD)
@@ -294,14 +298,56 @@ def _emit_prescreen(g: _Graph, rates: str, n: str, key: str, shift: ShiftMode) -
         to=TensorProto.UINT64,
     )  # (P,); draw 0 adds nothing
     word = g.op("Cast", _squares32_graph(g, counter, key, shift), to=TensorProto.UINT32)  # (P,)
-    # lane j = word * 2**(8j) (uint32, wrapping), lanes stacked plane-major: element e = lane * P + slot
-    lane_list = [word] + [g.op("Mul", word, g.const(2 ** (8 * j), np.uint32)) for j in range(1, _BYTES_PER_WORD)]
-    lanes = g.op("Concat", *lane_list, axis=0)  # (4P,)
-    high = g.op("Slice", g.op("Cast", lanes, to=TensorProto.FLOAT), g.const([0], i64), n)  # (n,)
-    threshold = g.op(
-        "Add", g.op("Mul", rates, g.const(_SCREEN_SCALE, np.float32)), g.const(_SCREEN_OFFSET, np.float32)
-    )  # (n,)
-    return _flat_nonzero(g, g.op("Less", high, threshold)), lanes
+    top = g.op("Floor", g.op("Mul", g.op("Cast", word, to=TensorProto.DOUBLE), g.const(2.0**-24, np.float64)))
+    lane_list = [g.op("Cast", top, to=TensorProto.FLOAT)]
+    for j in range(1, _BYTES_PER_WORD):  # lanes stacked plane-major: element e = lane * P + slot
+        shifted = g.op("Cast", g.op("Mul", word, g.const(2 ** (8 * j), np.uint32)), to=TensorProto.FLOAT)
+        lane_list.append(g.op("Floor", g.op("Mul", shifted, g.const(2.0**-24, np.float32))))
+    return g.op("Slice", g.op("Concat", *lane_list, axis=0), g.const([0], i64), n)  # (n,)
+
+
+def _emit_dense_screen(g: _Graph, lam: str, a: str) -> tuple[str, str]:
+    """Step b: (int32 counts (n,), bool ``exact`` (n,)) from the byte A alone, for every element.
+
+    The count is ``#{k >= 0 : w <= c_k}`` with ``c_k = 1 - F(k)`` (the reference's float64 CDF, step 3),
+    and ``w * 256`` lies in the open bin (A, A + 1) whatever the 24 low bits B are. In bin units
+    (``C_k = 256 c_k``, float32: ``P_0 = exp(ln 256 - lambda)``, ``P_k = P_{k-1} * lambda * (1/k)``,
+    ``C_k = C_{k-1} - P_k``, ``C_0 = 256 - P_0``), for k < _DENSE_STEPS: ``C_k >= A + 1 + margin`` proves
+    the indicator true, ``C_k < A - margin`` proves it false. An element whose indicators are all proven
+    and whose last one is false has count = the number proven true; every other element (a c_k within the
+    margin of its bin, a count >= _DENSE_STEPS, lambda >= SWITCH_RATE) is flagged ``exact`` and recomputed
+    by steps c-d.
+    Error bound (bin units): float32 exp within 64 ulp (2**-18 relative, far above ONNX Runtime's CPU
+    and CUDA kernels), the argument's rounding (<= 6 2**-24 relative for lambda < 10), three roundings
+    per step (2**-24 relative each) on P_k, and one absolute rounding (<= 2**-16) per C_k: in all below
+    256 (2**-18 + 2**-21 + 12 2**-24) + 4 2**-16 < 2**-9, and the float64 reference's own error is
+    ~1e-13; _DENSE_MARGIN = 2**-5 covers it 16 times. NaN lambda fails every comparison (count 0, not
+    exact), as the reference gives 0.
+    """
+    f32 = np.float32
+    hi = g.op("Add", a, g.const(1.0 + _DENSE_MARGIN, f32))
+    lo = g.op("Sub", a, g.const(_DENSE_MARGIN, f32))
+    p = g.op("Exp", g.op("Sub", g.const(math.log(256.0), f32), lam))  # P_0 = 256 exp(-lambda)
+    c = g.op("Sub", g.const(256.0, f32), p)  # C_0
+    sure_count: str | None = None
+    unsure: str | None = None
+    maybe = ""
+    for k in range(_DENSE_STEPS):
+        if k:
+            p = g.op("Mul", p, lam)
+            if k > 1:
+                p = g.op("Mul", p, g.const(1.0 / k, f32))
+            c = g.op("Sub", c, p)
+        sure = g.op("GreaterOrEqual", c, hi)
+        maybe = g.op("GreaterOrEqual", c, lo)
+        open_k = g.op("And", maybe, g.op("Not", sure))  # c_k may be on either side of w
+        unsure = open_k if unsure is None else g.op("Or", unsure, open_k)
+        step = g.op("Cast", sure, to=TensorProto.FLOAT)
+        sure_count = step if sure_count is None else g.op("Add", sure_count, step)
+    assert sure_count is not None and unsure is not None  # _DENSE_STEPS >= 1
+    large = g.op("GreaterOrEqual", lam, g.const(SWITCH_RATE, f32))
+    exact = g.op("Or", g.op("Or", unsure, maybe), large)  # maybe (of the last step): count >= steps
+    return g.op("Cast", sure_count, to=TensorProto.INT32), exact
 
 
 def _emit_inversion_loop(g: _Graph, lam: str, u: str, block: int) -> str:
@@ -381,28 +427,18 @@ def _emit_log_factorial(g: _Graph, kc: str) -> str:
     return g.op("Where", g.op("Less", kc, g.const(float(_LOG_FACTORIAL_TABLE), f64)), table, stirling)
 
 
-def _emit_ptrs_loop(g: _Graph, lam: str, elements: str, key: str, shift: ShiftMode) -> str:
-    """Step c (PTRS): float64 lam (Ml,) and int64 element indices (Ml,) -> int32 counts (Ml,)."""
-    i64, f64 = np.int64, np.float64
-    counter0 = g.op("Cast", elements, to=TensorProto.UINT64)
-    pos0 = g.op("Range", g.const(0, i64), g.op("Size", elements), g.const(1, i64))
-    counts0 = g.op("ConstantOfShape", g.op("Shape", elements), value=numpy_helper.from_array(np.zeros(1, np.int32)))
-    cond0 = g.op("Greater", g.op("Size", elements), g.const(0, i64))
+def _emit_ptrs_round(b: _Graph, lam_b: str, counter: str, draw_u: str, key: str, shift: ShiftMode) -> tuple[str, str]:
+    """Step 4, one PTRS round: (accepted bool, int32 proposal) for float64 lam_b and uint64 counters.
 
-    b = g.sub()
-    names = {k: b.name(f"ptrs_{k}") for k in ("iter", "cond", "pos", "counter", "lam", "counts")}
-    lam_b = names["lam"]
+    ``draw_u`` (uint64 scalar) is (2 + 2j) * 2**32 for round j.
+    """
+    f64 = np.float64
 
     def c(v: float) -> str:
         return b.const(v, f64)
 
     # 4a. draws 2 + 2j (U) and 3 + 2j (V): one squares32 call on both counter sets
-    draw_u = b.op(
-        "Mul",
-        b.op("Add", b.op("Cast", names["iter"], to=TensorProto.UINT64), b.const(1, np.uint64)),
-        b.const(2 * _COUNTER_STRIDE, np.uint64),
-    )
-    ctr_u = b.op("Add", names["counter"], draw_u)
+    ctr_u = b.op("Add", counter, draw_u)
     ctr_v = b.op("Add", ctr_u, b.const(_COUNTER_STRIDE, np.uint64))
     words = _squares32_graph(b, b.op("Concat", ctr_u, ctr_v, axis=0), key, shift)
     words = b.op("Cast", b.op("Cast", words, to=TensorProto.UINT32), to=TensorProto.DOUBLE)
@@ -438,8 +474,34 @@ def _emit_ptrs_loop(g: _Graph, lam: str, elements: str, key: str, shift: ShiftMo
         "Sub", b.op("Add", b.op("Neg", f_lam), b.op("Mul", f_k, b.op("Log", f_lam))), _emit_log_factorial(b, f_k)
     )
     accept = b.op("ScatterElements", squeeze, full, b.op("LessOrEqual", lhs, rhs), axis=0)
-    # write every proposal (clamped to int32); a rejected one is overwritten in a later round
-    count = b.op("Cast", b.op("Min", kc, c(_INT32_MAX)), to=TensorProto.INT32)
+    # every proposal, clamped to int32; a rejected one is overwritten in a later round
+    return accept, b.op("Cast", b.op("Min", kc, c(_INT32_MAX)), to=TensorProto.INT32)
+
+
+def _emit_ptrs_loop(g: _Graph, lam: str, elements: str, key: str, shift: ShiftMode) -> str:
+    """Step c (PTRS): float64 lam (Ml,) and int64 element indices (Ml,) -> int32 counts (Ml,).
+
+    Round 0 runs before the Loop on every element (its proposals are the counts, no scatter); the Loop
+    runs rounds 1, 2, ... on the rejected ones.
+    """
+    i64 = np.int64
+    counter0 = g.op("Cast", elements, to=TensorProto.UINT64)
+    accept0, counts0 = _emit_ptrs_round(
+        g, lam, counter0, g.const(_DRAW_PTRS_FIRST * _COUNTER_STRIDE, np.uint64), key, shift
+    )
+    keep0 = _flat_nonzero(g, g.op("Not", accept0))  # 4g.
+    state0 = [keep0] + [_take(g, t, keep0) for t in (counter0, lam)]
+    cond0 = g.op("Greater", g.op("Size", keep0), g.const(0, i64))
+
+    b = g.sub()
+    names = {k: b.name(f"ptrs_{k}") for k in ("iter", "cond", "pos", "counter", "lam", "counts")}
+    lam_b = names["lam"]
+    draw_u = b.op(  # round j = iter + 1 uses draw 2 + 2j
+        "Mul",
+        b.op("Add", b.op("Cast", names["iter"], to=TensorProto.UINT64), b.const(2, np.uint64)),
+        b.const(2 * _COUNTER_STRIDE, np.uint64),
+    )
+    accept, count = _emit_ptrs_round(b, lam_b, names["counter"], draw_u, key, shift)
     counts = b.op("ScatterElements", names["counts"], names["pos"], count, axis=0)
     keep = _flat_nonzero(b, b.op("Not", accept))  # 4g.
     out_state = [_take(b, t, keep) for t in (names["pos"], names["counter"], lam_b)]
@@ -463,9 +525,7 @@ def _emit_ptrs_loop(g: _Graph, lam: str, elements: str, key: str, shift: ShiftMo
         ],
         name=g.name("ptrs_body"),
     )
-    outs = g.ops(
-        "Loop", g.const(MAX_PTRS_ITERATIONS, i64), cond0, pos0, counter0, lam, counts0, n_out=4, body=body_graph
-    )
+    outs = g.ops("Loop", g.const(MAX_PTRS_ITERATIONS - 1, i64), cond0, *state0, counts0, n_out=4, body=body_graph)
     return outs[-1]
 
 
@@ -490,17 +550,21 @@ def _emit_sampler(g: _Graph, rates: str, seed: str, counts: str, block: int, shi
     flat = g.op("Reshape", rates, g.const([-1], i64))  # (n,) raw rates
     n = g.op("Shape", flat)  # (1,)
     key = _derive_key_graph(g, seed, shift)
-    # a-b. pre-screen on the raw rates and compaction
-    cand, lanes = _emit_prescreen(g, flat, n, key, shift)  # (M,)
-    # 1. sanitise the candidates: min(rate, MAX_RATE), negatives -> 0 (NaN never is a candidate)
-    lam_c = g.op("Max", g.op("Min", _take(g, flat, cand), g.const(MAX_RATE, f32)), g.const(0.0, f32))  # (M,)
+    # 1. sanitise: negatives -> 0 here (NaN stays NaN or becomes 0: count 0 either way), min(rate, MAX_RATE)
+    #    on the candidates below (the dense screen sends every rate >= SWITCH_RATE, +inf included, there)
+    lam_pos = g.op("Max", flat, g.const(0.0, f32))  # (n,)
+    # a-b. the byte A of every element, counts decided from A alone, and the elements left to steps c-d
+    a = _emit_high_bytes(g, n, key, shift)  # (n,)
+    dense_counts, exact = _emit_dense_screen(g, lam_pos, a)
+    cand = _flat_nonzero(g, exact)  # (M,)
+    lam_c = g.op("Min", _take(g, lam_pos, cand), g.const(MAX_RATE, f32))  # (M,)
     is_small = g.op("Less", lam_c, g.const(SWITCH_RATE, f32))
     small_sel = _flat_nonzero(g, is_small)
     large_sel = _flat_nonzero(g, g.op("Not", is_small))
     small = _take(g, cand, small_sel)  # (Ms,) element indices
     large = _take(g, cand, large_sel)  # (Ml,)
     # 2. uniform of the small-rate candidates: w = (A 2**24 + B + 0.5) / 2**32, u = 1 - w
-    high = g.op("Cast", g.op("Div", _take(g, lanes, small), g.const(2**24, np.uint32)), to=TensorProto.UINT64)
+    high = g.op("Cast", _take(g, a, small), to=TensorProto.UINT64)
     low_counter = g.op(
         "Add", g.op("Cast", small, to=TensorProto.UINT64), g.const(_DRAW_LOW_BITS * _COUNTER_STRIDE, np.uint64)
     )
@@ -514,15 +578,15 @@ def _emit_sampler(g: _Graph, rates: str, seed: str, counts: str, block: int, shi
     counts_small = _emit_inversion_loop(g, lam_small, u, block)
     lam_large = g.op("Cast", _take(g, lam_c, large_sel), to=TensorProto.DOUBLE)
     counts_large = _emit_ptrs_loop(g, lam_large, large, key, shift)
-    # d. scatter into zeros and restore the shape
-    zeros = g.op("ConstantOfShape", n, value=numpy_helper.from_array(np.zeros(1, np.int32)))
+    # d. scatter into the counts decided from A and restore the shape
     where = g.op("Concat", small, large, axis=0)
     values = g.op("Concat", counts_small, counts_large, axis=0)
-    dense = g.op("ScatterElements", zeros, where, values, axis=0)
+    dense = g.op("ScatterElements", dense_counts, where, values, axis=0)
     # allowzero: a 0 in the rates' shape is a literal size 0, not "copy this dimension" (shapes (5, 0),
     # (0, 0), ...); for shapes without a zero it changes nothing, so no seed's counts change.
-    g.nodes.append(helper.make_node("Reshape", [dense, g.op("Shape", rates)], [counts], name=g.name("Reshape"),
-                                    allowzero=1))
+    g.nodes.append(
+        helper.make_node("Reshape", [dense, g.op("Shape", rates)], [counts], name=g.name("Reshape"), allowzero=1)
+    )
 
 
 @dataclass(frozen=True)

@@ -308,7 +308,7 @@ class LoopTripCounts:
     inversion: int
     """Iterations of the inversion Loop: ceil(max count among rates < SWITCH_RATE / block) or so."""
     ptrs: int
-    """Iterations of the PTRS Loop: rounds until the last proposal is accepted."""
+    """PTRS rounds until the last proposal is accepted (the graph runs round 0 before its Loop)."""
 
 
 def _reference(rates: np.ndarray, seed: int, inversion_block: int) -> tuple[np.ndarray, LoopTripCounts]:

@@ -188,6 +188,19 @@ def test_graph_matches_reference_on_realistic_rates(sampler: ort.InferenceSessio
     np.testing.assert_array_equal(_sample(sampler, rates, 42), poisson_reference(rates, 42))
 
 
+@pytest.mark.parametrize("seed", [3, -11])
+def test_graph_matches_reference_where_the_dense_screen_decides(sampler: ort.InferenceSession, seed: int) -> None:
+    """Rates whose c_0 = exp(-lambda) edges sit on the byte bins j/256 (the screen's margins), dense rates
+    below and above SWITCH_RATE, and NaN/negative rates among them."""
+    rng = np.random.default_rng(abs(seed))
+    edges = -np.log1p(-np.arange(1, 256) / 256.0)  # 1 - exp(-lambda) = j / 256
+    dense = rng.uniform(0.0, 12.0, 200 * 512)
+    dense[rng.random(dense.size) < 0.02] = np.nan
+    dense[rng.random(dense.size) < 0.02] = -1.0
+    rates = np.concatenate([np.tile(edges, 512), dense]).astype(np.float32).reshape(-1, 512)
+    np.testing.assert_array_equal(_sample(sampler, rates, seed), poisson_reference(rates, seed))
+
+
 @pytest.mark.parametrize(
     "options", [{"shift": "bitshift"}, {"inversion_block": 1}, {"inversion_block": 7}, {"opset": 21}]
 )
@@ -269,9 +282,9 @@ def test_tiny_rates_follow_one_minus_exp(sampler: ort.InferenceSession) -> None:
 
 
 # Goodness of fit at 10**6 draws per rate from 1e-7 to 200, on both sides of every switch: the
-# inversion/PTRS switch at SWITCH_RATE = 10; the pre-screen (an element is a candidate when its byte
-# A < lambda 2**8 + 1: the "+ 1" dominates around 1/256, and every element is a candidate from
-# lambda ~ 255/256 up); the inversion Loop's blocks of DEFAULT_INVERSION_BLOCK = 4 steps (counts 4/5
+# inversion/PTRS switch at SWITCH_RATE = 10; the byte A's bins (the dense screen leaves an element to
+# the exact path when a CDF value lies within its bin, so A = 0 always, around 1/256; and its count is
+# decided from A alone only below 4); the inversion Loop's blocks of DEFAULT_INVERSION_BLOCK = 4 steps (counts 4/5
 # and 8/9 around rates 5 and 9); and the model's clamp at e**5.3 ~ 200.
 BIG_DRAWS = 1_000_000
 BIG_RATES = [
