@@ -511,6 +511,8 @@ def _rendered(dom: str) -> int:
 
 #: Newer pictures the page must have swapped in by itself, and the real-time limit of the wait for them.
 RENDERED_AT_LEAST, RENDER_WAIT_S = 2, 60.0
+#: Seconds the client may take to stop after Ctrl-C (generous: CI runs on a loaded 2-core machine).
+CTRL_C_EXIT_S = 90.0
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian package 'chromium')")
@@ -535,7 +537,12 @@ def test_view_page_shows_a_live_picture_in_headless_chromium(server: InProcessSe
             dom = _dom_after_scripts_ran(url)
     finally:
         process.send_signal(signal.SIGINT)  # a live stream ends with Ctrl-C: summary, exit 0
-        out, err = process.communicate(timeout=30)
+        try:
+            out, err = process.communicate(timeout=CTRL_C_EXIT_S)
+        except subprocess.TimeoutExpired:  # never leave it running into the next test
+            process.kill()
+            out, err = process.communicate()
+            pytest.fail(f"pvae-client did not exit within {CTRL_C_EXIT_S:.0f} s of Ctrl-C; its stderr:\n{err[-3000:]}")
     assert process.returncode == 0, err
     assert "stopped (Ctrl-C)" in out and "frames" in out
     # The page's script swapped in newer pictures and filled in the stats by itself.
