@@ -22,7 +22,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ from .sources import SYNTHETIC, FrameSource, SyntheticSource, limited, open_sour
 from .stats import StatsSnapshot, StreamStats
 from .viewer import DEFAULT_VIEW_HOST, WebView, WindowView
 
-__all__ = ["DEFAULT_VIEW_PORT", "build_parser", "main", "terminate_as_interrupt"]
+__all__ = ["DEFAULT_VIEW_PORT", "build_parser", "main", "stop_on_signals", "terminate_as_interrupt"]
 
 PROG = "pvae-client"
 #: Environment variable naming the default server.
@@ -234,6 +234,40 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C and SIGTERM end a stream gracefully while inside: they set ``stop``, no new frame is sent,
+    and the frames in flight are answered before the stream ends. A second one interrupts at once.
+
+    No exception is raised into whatever the main thread is doing at the first signal (a lock held
+    by the live view, a gRPC call), so nothing is left half-done. Only the main thread can install
+    signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def graceful(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {number: signal.signal(number, graceful) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _until(stop: threading.Event, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """``frames`` until ``stop`` is set."""
+    for frame in frames:
+        if stop.is_set():
+            return
+        yield frame
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -482,13 +516,16 @@ def _stream(args: argparse.Namespace) -> int:
               f"window {args.window or info.limits.default_window}; frames need sides >= {min_side} px",
               file=sys.stderr, flush=True)
         total = min(n for n in (args.frames, source.frame_count, sys.maxsize) if n is not None)
-        stream = client.stream(_frames(source, args), window=args.window, policy=policy, options=options,
-                               keep_inputs=sinks.renderer is not None, timeout=args.timeout)
+        stop = threading.Event()
+        stream = client.stream(_until(stop, _frames(source, args)), window=args.window, policy=policy,
+                               options=options, keep_inputs=sinks.renderer is not None, timeout=args.timeout)
         bar = _progress(None if total == sys.maxsize else total, args.no_progress)
         try:
-            with terminate_as_interrupt():
+            with stop_on_signals(stop):
                 ending = _consume(stream, stream.stats, sinks, bar)
-        except KeyboardInterrupt:
+            if stop.is_set():
+                ending = "stopped (Ctrl-C)"
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once
             ending = "stopped (Ctrl-C)"
         finally:
             stream.close()
