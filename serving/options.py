@@ -97,6 +97,12 @@ class OutputSpec:
         return Output.COUNTS in self.outputs or Output.STATS in self.outputs
 
     @property
+    def needs_log_rates(self) -> bool:
+        """Log-rates are fetched from the graph for the log-rates output, unless they travel as rate
+        codes (FloatFormat.U8_LOG codes the rates)."""
+        return Output.LOG_RATES in self.outputs and self.float_format is not FloatFormat.U8_LOG
+
+    @property
     def needs_rates(self) -> bool:
         """Rates are fetched from the graph for the rates output, to draw counts, and for log-rates as
         codes (FloatFormat.U8_LOG codes the rates)."""

@@ -193,7 +193,7 @@ def _frame_outputs(spec: OutputSpec) -> set[str]:
     names = set()
     if spec.needs_rates:
         names.add("rates")
-    if spec.wants(Output.LOG_RATES):
+    if spec.needs_log_rates:
         names.add("log_rates")
     if spec.wants(Output.RECONSTRUCTION):
         names.add("reconstruction_u8")
@@ -296,7 +296,7 @@ class Pipeline:
         if rates is not None and rates.shape != (rows * cols, self.n_latents):
             raise InferenceError(f"frame graph returned rates of shape {rates.shape} for a {height}x{width} frame; "
                              f"expected {(rows * cols, self.n_latents)}")
-        self._pack_common(result, spec, rates, batch.output("log_rates", index) if spec.wants(Output.LOG_RATES)
+        self._pack_common(result, spec, rates, batch.output("log_rates", index) if spec.needs_log_rates
                           else None, counts)
         if spec.wants(Output.RECONSTRUCTION):
             result.reconstruction = self._image(batch.output("reconstruction_u8", index), spec)
@@ -317,7 +317,7 @@ class Pipeline:
             job.times.sampling = time.perf_counter() - start
             result.seed = job.seed
         start = time.perf_counter()
-        self._pack_common(result, spec, rates, outputs["log_rates"] if spec.wants(Output.LOG_RATES) else None,
+        self._pack_common(result, spec, rates, outputs["log_rates"] if spec.needs_log_rates else None,
                           counts)
         if spec.wants(Output.RECONSTRUCTION):
             # Decoding is model math, so it runs in the decoder graph (timed as inference).
