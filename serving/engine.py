@@ -115,6 +115,18 @@ def resolve_device(device: str = "auto", gpu: int | None = None) -> DevicePlan:
     return DevicePlan("cpu")
 
 
+def _session_options(ort: Any, intra_op_threads: int) -> Any:
+    """ONNX Runtime options of the engine's sessions: ``intra_op_threads`` threads that sleep when idle."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    # The inference thread runs the sessions one after another; spinning pool threads of the idle
+    # sessions would steal the cores the busy one needs (a 2-core host loses ~30 % to spinning).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
 class HalfCaster:
     """float32 -> float16 with ONNX Runtime's vectorised Cast (about 30x numpy's ``astype`` on CPU).
 
@@ -190,22 +202,10 @@ class Engine:
         self.patch_size = bundle.patch_size
         ort = _ort()
         self._ort = ort
-        self._options = ort.SessionOptions()
-        self._options.intra_op_num_threads = intra_op_threads
-        self._options.inter_op_num_threads = 1
-        # The inference thread runs the sessions one after another; spinning pool threads of the idle
-        # sessions would steal the cores the busy one needs (a 2-core host loses ~30 % to spinning).
-        self._options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._sampler_options = self._options
-        if sampler_threads is not None and sampler_threads != intra_op_threads:
-            # The sampler's Loops gain little from a second thread; with one, the other core is free for
-            # the next frame's graph or a second frame's sampling (ServeConfig.sampler_threads).
-            self._sampler_options = ort.SessionOptions()
-            self._sampler_options.intra_op_num_threads = sampler_threads
-            self._sampler_options.inter_op_num_threads = 1
-            self._sampler_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._sampler_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._options = _session_options(ort, intra_op_threads)
+        # The sampler's Loops gain little from a second thread; with one, the other core is free for
+        # the next frame's graph or a second frame's sampling (ServeConfig.sampler_threads).
+        self._sampler_options = self._options if sampler_threads is None else _session_options(ort, sampler_threads)
 
         frame = _graph(bundle, "frame")
         self._frame_input = frame.inputs[0].name
