@@ -68,18 +68,13 @@ def _ort() -> Any:
 
 
 def skip_reason(gpu: int) -> str | None:
-    """Why the check cannot run here (None: it can)."""
-    try:
-        ort = _ort()
-    except ImportError:
-        return "onnxruntime is not installed"
-    if CUDA_PROVIDER not in ort.get_available_providers():
-        return (f"this onnxruntime build has no {CUDA_PROVIDER} (available: "
-                f"{', '.join(ort.get_available_providers())}); install pvae[gpu]")
-    from pvae.serving.engine import _gpu_present
+    """Why the check cannot run here (None: it can): what ``pvae-serve --gpu`` would say."""
+    from pvae.serving.engine import resolve_device
 
-    if not _gpu_present():
-        return "no NVIDIA GPU is visible (no /proc/driver/nvidia/gpus, or CUDA_VISIBLE_DEVICES hides it)"
+    try:
+        resolve_device("cuda", gpu)
+    except PVAEError as exc:  # no onnxruntime, no CUDA execution provider, or no visible GPU
+        return str(exc)
     return None
 
 
