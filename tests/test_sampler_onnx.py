@@ -211,14 +211,18 @@ def test_build_options_give_the_same_counts(sampler: ort.InferenceSession, optio
 
 
 # ---------------------------------------------------------------------------------------- statistics
+def _counts_per_rate(sampler: ort.InferenceSession, rates: list[float], draws: int, seed: int) -> np.ndarray:
+    """(len(rates), draws) counts, one row per rate (as float32), from one run."""
+    return _sample(sampler, np.repeat(np.array(rates, dtype=np.float32)[:, None], draws, axis=1), seed)
+
+
 STAT_RATES = [1e-3, 0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 9.9, 10.0, 10.1, 20.0, 50.0, 100.0, 150.0, 200.0]
 
 
 @pytest.fixture(scope="module")
 def stat_counts(sampler: ort.InferenceSession) -> np.ndarray:
     """(len(STAT_RATES), SAMPLES) counts, one row per rate, from one run."""
-    rates = np.repeat(np.array(STAT_RATES, dtype=np.float32)[:, None], SAMPLES, axis=1)
-    return _sample(sampler, rates, 2024)
+    return _counts_per_rate(sampler, STAT_RATES, SAMPLES, 2024)
 
 
 @pytest.mark.parametrize("row", range(len(STAT_RATES)), ids=[str(r) for r in STAT_RATES])
@@ -297,8 +301,7 @@ TINY_DRAWS = 20_000_000
 @pytest.fixture(scope="module")
 def big_counts(sampler: ort.InferenceSession) -> np.ndarray:
     """(len(BIG_RATES), BIG_DRAWS) counts, one row per rate, from one run."""
-    rates = np.repeat(np.array(BIG_RATES, dtype=np.float32)[:, None], BIG_DRAWS, axis=1)
-    return _sample(sampler, rates, 20260)
+    return _counts_per_rate(sampler, BIG_RATES, BIG_DRAWS, 20260)
 
 
 @pytest.mark.parametrize("row", range(len(BIG_RATES)), ids=[str(r) for r in BIG_RATES])
