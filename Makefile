@@ -7,7 +7,7 @@ RUNS ?= runs
 .PHONY: setup demo test lint typecheck pytest bench-tests model escape-study report-quick report-cpu bench-train bench-oip gpu-check \
 	clean
 
-$(STAMP): pyproject.toml scripts/setup.sh
+$(STAMP): pyproject.toml setup.py scripts/setup.sh pvae/native/poisson.c
 	VENV=$(VENV) scripts/setup.sh
 	touch $(STAMP)
 

@@ -25,7 +25,12 @@ taken in this run):
    frame graph, VGA frame          OpenCV preprocessing                               <= 8 ms
    rates graph, 1200 x D           a plain MatMul + Exp graph of the same shape       <= 1.5x
    sampler, real rates 1200 x K    the rates graph                                    <= 1x
+   native sampler, real rates      the rates graph                                    <= 1x
+   native sampler, every rate 200  the rates graph                                    (reported)
    ==============================  =================================================  ==========
+
+   "sampler" is the bundle's ``sampler.onnx``; "native" is ``pvae.native`` (what ``pvae-serve`` uses on
+   a CPU host), run with the same thread count, and its counts are checked equal to the graph's.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pvae import native
 from pvae.bundle import load_bundle
 from pvae.cli import run_cli
 from pvae.errors import ConfigError
@@ -153,6 +159,8 @@ class GraphTarget:
     max_ratio: float | None = None
 
     def verdict(self, seconds: float, ratio: float) -> str:
+        if self.max_ms is None and self.max_ratio is None:
+            return "no target (reported)"
         if self.max_ms is not None:
             return f"<= {self.max_ms:g} ms: " + ("met" if seconds * 1e3 <= self.max_ms else "MISSED")
         assert self.max_ratio is not None
@@ -165,6 +173,8 @@ GRAPH_TARGETS = (
     GraphTarget("frame", "opencv", max_ms=8.0),
     GraphTarget("rates", "matmul_exp", max_ratio=1.5),
     GraphTarget("sampler_real", "rates", max_ratio=1.0),
+    GraphTarget("native_real", "rates", max_ratio=1.0),
+    GraphTarget("native_stress", "rates"),
 )
 
 
@@ -231,6 +241,7 @@ def _graph_section(
     baseline_bytes = _matmul_exp_model(patches.shape[1], n_latents)
     opencv = opencv_preprocess(cfg) if cfg is not None else None
     seeds = iter(range(1, 1 << 62))
+    kernel = _native_sampler(say)
     results = []
     for threads in thread_counts:
         cv2.setNumThreads(threads)
@@ -251,11 +262,28 @@ def _graph_section(
 
         fns: dict[str, Callable[[], object]] = {key: call(*value) for key, value in sessions.items()}
         fns["sampler_real"] = sample
+        if kernel is not None:
+            stress = np.full_like(real_rates, STRESS_RATE)
+            fns["native_real"] = _native_call(kernel, real_rates, seeds, threads)
+            fns["native_stress"] = _native_call(kernel, stress, seeds, threads)
         if opencv is not None:
             fns["opencv"] = lambda: opencv(frame[0])
         say(f"graphs vs baselines, {threads} intra-op thread(s): {', '.join(fns)} in alternating rounds ...")
         results.append((threads, measure_pair(fns, rounds, round_seconds)))
     return results
+
+
+def _native_call(kernel: native.NativeSampler, rates: np.ndarray, seeds: Iterator[int],
+                 threads: int) -> Callable[[], object]:
+    return lambda: kernel.sample(rates, next(seeds), threads)
+
+
+def _native_sampler(say: Callable[[str], None]) -> native.NativeSampler | None:
+    try:
+        return native.load()
+    except native.NativeSamplerUnavailable as exc:
+        say(f"native sampler not timed: {exc}")
+        return None
 
 
 def _print_graph_section(results: list[tuple[int, dict[str, Timing]]], rounds: int, round_seconds: float) -> None:
@@ -398,6 +426,12 @@ def _main(argv: Sequence[str] | None) -> int:
         f"{'stress, every rate = 200':>28}  {timings['sampler_stress'].seconds * 1e3:>8.2f}  "
         f"{timings['sampler_stress'].seconds / rate_time:>20.2f}x"
     )
+    kernel = _native_sampler(say)
+    if kernel is not None:
+        draw = kernel.draw(real_rates, 1)
+        same = np.array_equal(draw.counts, spikes)
+        print(f"native sampler, seed 1: counts {'identical to' if same else 'DIFFERENT from'} sampler.onnx's; its "
+              f"screen settled {1 - draw.exact_elements / spikes.size:.2%} of the elements")
     print(
         f"real rates: {int(spikes.sum()):,} spikes in {spikes.size:,} latents "
         f"({float((spikes > 0).mean()):.2%} non-zero)"

@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
-# Debian packages: Fashion-MNIST (classification studies and tests), Chromium (headless tests of the live view).
+# Debian packages: Fashion-MNIST (classification studies and tests), Chromium (headless tests of the live view),
+# Prometheus (the monitoring tests), and a C compiler for the native Poisson sampler (pvae/native/poisson.c).
 APT_PACKAGES=(dataset-fashion-mnist chromium prometheus)
+command -v cc >/dev/null 2>&1 || APT_PACKAGES+=(gcc libc6-dev)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -38,6 +40,15 @@ OTHER=$([ "$ORT" = gpu ] && echo onnxruntime || echo onnxruntime-gpu)
 "$VENV/bin/python" -m pip uninstall -q -y "$OTHER" >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$ORT,dev]" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c "import pvae, torch, onnxruntime; print(f'setup: pvae {pvae.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}')"
+# The native sampler is an optional build step of the install; say plainly if it is missing (serving then
+# samples with the bundle's graph: the same counts, about 4x the time).
+"$VENV/bin/python" -c "
+from pvae import native
+try:
+    print(f'setup: native sampler {native.load().path.name}')
+except native.NativeSamplerUnavailable as exc:
+    print(f'setup: WARNING: {exc}')
+"
 
 # Triton's perf_analyzer (tritonclient 2.51.0's binary + libb64 + libcudart, ~18 MB from the package
 # registries) into runs/tools/perf_analyzer, for `make bench-oip` and its end-to-end test. Not fatal:

@@ -19,6 +19,7 @@ from pvae.errors import ConfigError
 __all__ = [
     "DEVICES",
     "MIB",
+    "SAMPLERS",
     "ServeConfig",
 ]
 
@@ -35,6 +36,9 @@ DEFAULT_MAX_SIDE = 4096
 DEFAULT_JPEG_QUALITY = 90
 
 Device = Literal["auto", "cpu", "cuda"]
+#: Values of ``ServeConfig.sampler``.
+SAMPLERS = ("auto", "native", "graph")
+Sampler = Literal["auto", "native", "graph"]
 
 
 def _check(ok: bool, name: str, message: str) -> None:
@@ -67,10 +71,13 @@ class ServeConfig:
     inference_workers: int = 1
     """inference calls that may run at once; on a CPU host, N workers with --intra-op-threads 1 serve N requests
     side by side instead of splitting each across the cores"""
+    sampler: Sampler = "auto"
+    """how counts are drawn on a CPU host: native (the compiled kernel, pvae.native), graph (the bundle's
+    sampler.onnx) or auto (native when it is built and draws the bundle graph's counts, else graph). Both give the
+    same counts for the same seed; native costs about a third. On CUDA the graph samples on the device"""
     sampler_threads: int = 1
-    """ONNX Runtime intra-op threads of the sampler session (-1: as --intra-op-threads). Its loops gain little from
-    a second thread (VGA, bundled model: 36 ms at 1, 31 ms at 2), so one thread each with --post-threads 2
-    samples two frames side by side"""
+    """threads of one sampling call (-1: as --intra-op-threads). One, with --post-threads 2, samples two frames
+    side by side"""
     post_threads: int = 2
     """threads that sample and pack finished frames, overlapping the next inference call"""
     decode_threads: int = 2
@@ -136,6 +143,7 @@ class ServeConfig:
                f"must be in [0, 65535], got {self.metrics_port}")
         _check(bool(self.host), "host", "must not be empty")
         _check(self.intra_op_threads >= 0, "intra_op_threads", f"must be >= 0, got {self.intra_op_threads}")
+        _check(self.sampler in SAMPLERS, "sampler", f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
         _check(self.sampler_threads >= -1, "sampler_threads", f"must be >= -1, got {self.sampler_threads}")
         _check(self.post_threads >= 1, "post_threads", f"must be >= 1, got {self.post_threads}")
         _check(1 <= self.inference_workers <= 64, "inference_workers",

@@ -9,6 +9,10 @@ All model math lives in the bundle's graphs (``pvae.bundle``); the engine only f
     rates    patches float32 (N, D)           -> log_rates, rates (N, K)
     decoder  latents float32 (N, K)           -> patches float32 (N, D)
 
+On a CPU host the counts are drawn by the native kernel (``pvae.native``) when it is built and draws
+exactly the bundle graph's counts (checked at load on a probe that covers every algorithm), and by the
+sampler graph otherwise: ``Engine.sampler_backend`` says which, ``Engine.sampler_note`` why.
+
 On CUDA the frame graph's outputs are bound with I/O binding: ``rates`` stays on the GPU and each
 frame's slice is bound to the sampler in place (pointer offset, no copy), and only the outputs a
 request asked for come back to the host, once.
@@ -30,8 +34,9 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
+from pvae import native
 from pvae.bundle import Bundle, GraphSpec
-from pvae.errors import BundleError, DeviceError, MissingDependencyError
+from pvae.errors import BundleError, ConfigError, DeviceError, MissingDependencyError
 from pvae.preprocess_graph import PREPROCESS_OUTPUT, preprocess_model
 from pvae.serving.errors import InferenceError
 
@@ -56,6 +61,8 @@ NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 #: Smallest side of the warm-up frame when the manifest has no frame policy (one 16-pixel patch
 #: per side, the P-VAE's patch).
 WARMUP_SIDE = 16
+#: The seed of the load-time probe that compares the native sampler's counts with the bundle graph's.
+PROBE_SEED = 20_261_202
 
 Kind = Literal["cpu", "cuda"]
 
@@ -194,7 +201,8 @@ class Engine:
     """
 
     def __init__(self, bundle: Bundle, plan: DevicePlan, intra_op_threads: int = 0,
-                 io_binding: bool | None = None, sampler_threads: int | None = None) -> None:
+                 io_binding: bool | None = None, sampler_threads: int | None = None,
+                 sampler: str = "auto") -> None:
         self.bundle = bundle
         self.plan = plan
         self.io_binding = plan.kind == "cuda" if io_binding is None else io_binding
@@ -206,6 +214,8 @@ class Engine:
         # The sampler's Loops gain little from a second thread; with one, the other core is free for
         # the next frame's graph or a second frame's sampling (ServeConfig.sampler_threads).
         self._sampler_options = self._options if sampler_threads is None else _session_options(ort, sampler_threads)
+        threads = intra_op_threads if sampler_threads is None else sampler_threads
+        self._native_threads = threads if threads > 0 else (os.cpu_count() or 1)
 
         frame = _graph(bundle, "frame")
         self._frame_input = frame.inputs[0].name
@@ -213,12 +223,12 @@ class Engine:
         missing = [n for n in FRAME_OUTPUTS if n not in names]
         if missing:
             raise BundleError(f"{bundle.root}: frame graph lacks output(s) {', '.join(missing)}")
-        sampler = _graph(bundle, "sampler")
-        self._sampler_rates = next((t.name for t in sampler.inputs if t.dtype.startswith("float")), None)
-        self._sampler_seed = next((t.name for t in sampler.inputs if t.dtype.startswith("int")), None)
-        if self._sampler_rates is None or self._sampler_seed is None or len(sampler.outputs) != 1:
+        sampler_graph = _graph(bundle, "sampler")
+        self._sampler_rates = next((t.name for t in sampler_graph.inputs if t.dtype.startswith("float")), None)
+        self._sampler_seed = next((t.name for t in sampler_graph.inputs if t.dtype.startswith("int")), None)
+        if self._sampler_rates is None or self._sampler_seed is None or len(sampler_graph.outputs) != 1:
             raise BundleError(f"{bundle.root}: sampler graph must take (float rates, int seed) and give counts")
-        self._sampler_counts = sampler.outputs[0].name
+        self._sampler_counts = sampler_graph.outputs[0].name
         rates = _graph(bundle, "rates")
         self._rates_input = rates.inputs[0].name
         self._rates_outputs = {t.name for t in rates.outputs}
@@ -244,6 +254,35 @@ class Engine:
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise BundleError(f"{frame_path}: cannot cut the preprocessing graph out of it: {exc}") from None
         self._sessions["preprocess"] = self._session(frame_path, preprocess.SerializeToString())
+        self._native: native.NativeSampler | None = None
+        self.sampler_backend, self.sampler_note = self._choose_sampler(sampler)
+
+    def _choose_sampler(self, wanted: str) -> tuple[str, str]:
+        """("native" | "graph", why) for ``ServeConfig.sampler`` ``wanted``; ConfigError when native is
+        required and cannot be had, BundleError when the bundle's graph draws other counts."""
+        if wanted == "graph":
+            return "graph", "asked for (--sampler graph)"
+        if self.plan.kind == "cuda":
+            if wanted == "native":
+                raise ConfigError("--sampler native draws on the CPU; on CUDA the bundle's sampler graph samples on "
+                                  "the device: use --sampler auto or graph, or --device cpu")
+            return "graph", "CUDA: the sampler graph runs on the device"
+        try:
+            sampler = native.load()
+        except native.NativeSamplerUnavailable as exc:
+            if wanted == "native":
+                raise ConfigError(f"--sampler native: {exc}") from None
+            return "graph", str(exc)
+        probe = _sampler_probe()
+        graph_counts = self.sample_rates(probe, PROBE_SEED)
+        if not np.array_equal(sampler.sample(probe, PROBE_SEED), graph_counts):
+            message = (f"{self.bundle.root}: its sampler graph draws other counts than the native sampler for the "
+                       "same seed (another sampler algorithm or version)")
+            if wanted == "native":
+                raise BundleError(f"{message}; use --sampler graph")
+            return "graph", message
+        self._native = sampler
+        return "native", f"{sampler.path.name}, {self._native_threads} thread(s); counts equal the graph's on the probe"
 
     # ------------------------------------------------------------------ sessions
 
@@ -306,6 +345,8 @@ class Engine:
 
     def sample(self, batch: FrameBatch, index: int, seed: int) -> np.ndarray:
         """Exact Poisson counts int32 (R*C, K) for frame ``index`` of ``batch``, drawn with ``seed``."""
+        if self._native is not None and batch.device_rates is None:
+            return self._native.sample(batch.host["rates"][index], seed, self._native_threads)
         session = self._sessions["sampler"]
         seed_array = np.array(seed, dtype=np.int64)
         try:
@@ -328,6 +369,8 @@ class Engine:
 
     def sample_rates(self, rates: np.ndarray, seed: int) -> np.ndarray:
         """Exact Poisson counts int32 (N, K) for host rates float32 (N, K)."""
+        if self._native is not None:
+            return self._native.sample(rates, seed, self._native_threads)
         try:
             return self._sessions["sampler"].run(
                 [self._sampler_counts],
@@ -377,3 +420,11 @@ class Engine:
             self.run_preprocess(frames)
         _, rates = self.run_patches(np.zeros((2, self.patch_dim), dtype=np.float32))
         self.decode(rates)
+
+
+def _sampler_probe() -> np.ndarray:
+    """Rates that reach every branch of the sampler: log-uniform from 1e-7 to 250 (inversion, both sides of
+    the switch at 10, PTRS), exact 0 and 10, NaN, infinities, negatives and rates above the clamp."""
+    grid = np.exp(np.linspace(np.log(1e-7), np.log(250.0), 4096 - 8)).astype(np.float32)
+    special = np.array([0.0, 10.0, np.nan, np.inf, -np.inf, -1.0, 2e6, 9.999999], dtype=np.float32)
+    return np.concatenate([grid, special]).reshape(64, 64)

@@ -28,7 +28,7 @@ pvae_queue_depth_frames                  gauge                    frames waiting
 pvae_inflight_frames                     gauge                    frames received and not yet answered
 pvae_active_streams                      gauge                    open StreamEncode and ModelStreamInfer calls
 pvae_ready                               gauge                    1 when health is SERVING, else 0
-pvae_model_info                          info       arch, ...     the loaded model and device
+pvae_model_info                          info       arch, ...     the loaded model, device and sampler (native|graph)
 """
 
 from __future__ import annotations

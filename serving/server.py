@@ -184,7 +184,8 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
         bundle = bundle if bundle is not None else resolve_bundle(config.model, config.cache_dir)
         check_bundle_confined(bundle)  # before ONNX Runtime opens any path the manifest names
         engine = Engine(bundle, resolve_device(config.device, config.gpu), config.intra_op_threads,
-                        sampler_threads=None if config.sampler_threads < 0 else config.sampler_threads)
+                        sampler_threads=None if config.sampler_threads < 0 else config.sampler_threads,
+                        sampler=config.sampler)
     bundle = engine.bundle
     check_bundle_confined(bundle)
     pipeline = Pipeline(engine)
@@ -201,6 +202,7 @@ async def start_server(config: ServeConfig, registry: CollectorRegistry | None =
         "server_version": __version__,
         "execution_provider": info.execution_provider,
         "device": info.device,
+        "sampler": engine.sampler_backend,
     })
     servicer = EncoderServicer(pipeline, batcher, config, metrics, info)
     # Auth runs first, so an unauthenticated caller learns nothing, not even that its bytes were malformed.
@@ -289,6 +291,7 @@ async def serve(config: ServeConfig) -> None:
     # start_server returned after warm-up, with health already SERVING: say so, and what is served.
     log.info("SERVING %s on %s:%d (warm-up done: %s)", config.model or "the bundled default model", config.host,
              running.port, ", ".join(f"{h}x{w}" for h, w in config.warmup_sizes) or "no frame sizes")
+    log.info("sampler: %s (%s)", running.engine.sampler_backend, running.engine.sampler_note)
     log.info("transport %s; bearer-token auth %s", "TLS" + (" (mutual)" if config.tls_ca else "") if running.tls
              else "plaintext", "on" if running.auth is not None else "off")
     await stop.wait()

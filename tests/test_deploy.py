@@ -290,6 +290,9 @@ def test_dockerfile_entrypoint_flags_exist(flavour: str) -> None:
     assert {"pvae", "training", "export", "serving", "clients", "protos"} <= folders
     for folder in sorted(folders):
         assert f"COPY {folder} ./{folder}" in text, folder
+    # setup.py builds the native sampler: without it (or without gcc) pip skips the extension silently and the
+    # image samples with the slower graph.
+    assert "setup.py" in text and "gcc" in text, "the build stage must build pvae/native/poisson.c"
 
 
 if __name__ == "__main__":

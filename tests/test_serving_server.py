@@ -524,7 +524,8 @@ def test_metrics_are_recorded_and_exposed(stub: pb_grpc.EncoderStub, server: InP
         "execution_provider": "CPUExecutionProvider",
         "source_checkpoint_sha256": response and stub.Info(pb.InfoRequest()).model.source_checkpoint_sha256,
         "bundle_package_version": stub.Info(pb.InfoRequest()).model.bundle_package_version,
-        "server_version": stub.Info(pb.InfoRequest()).server_version}) == 1
+        "server_version": stub.Info(pb.InfoRequest()).server_version,
+        "sampler": server.running.engine.sampler_backend}) == 1
     assert sample(registry, "pvae_spikes_total") >= response.result.stats.total_spikes
     assert server.running is not None and server.running.metrics_port
     with urllib.request.urlopen(f"http://127.0.0.1:{server.running.metrics_port}/metrics", timeout=10) as page:
