@@ -7,7 +7,7 @@ RUNS ?= runs
 .PHONY: setup demo test lint typecheck pytest bench-tests model escape-study report-quick report-cpu bench-train bench-oip gpu-check \
 	clean
 
-$(STAMP): pyproject.toml setup.py scripts/setup.sh pvae/native/poisson.c
+$(STAMP): pyproject.toml setup.py scripts/setup.sh $(wildcard pvae/native/*.c)
 	VENV=$(VENV) scripts/setup.sh
 	touch $(STAMP)
 

@@ -50,12 +50,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from pvae import native
 from pvae.bundle import load_bundle
 from pvae.cli import run_cli
 from pvae.errors import ConfigError
 from pvae.export.exporter import export_bundle
 from pvae.export.verify import natural_images, sample_patches
+from pvae.native import NativeUnavailable
+from pvae.native import sampler as native
 from pvae.preprocess_graph import preprocess_model
 from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
 from pvae.training.data import (
@@ -281,7 +282,7 @@ def _native_call(kernel: native.NativeSampler, rates: np.ndarray, seeds: Iterato
 def _native_sampler(say: Callable[[str], None]) -> native.NativeSampler | None:
     try:
         return native.load()
-    except native.NativeSamplerUnavailable as exc:
+    except NativeUnavailable as exc:
         say(f"native sampler not timed: {exc}")
         return None
 

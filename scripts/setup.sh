@@ -7,7 +7,7 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
 # Debian packages: Fashion-MNIST (classification studies and tests), Chromium (headless tests of the live view),
-# Prometheus (the monitoring tests), and a C compiler for the native Poisson sampler (pvae/native/poisson.c).
+# Prometheus (the monitoring tests), and a C compiler for the native kernels (pvae/native/*.c).
 APT_PACKAGES=(dataset-fashion-mnist chromium prometheus)
 command -v cc >/dev/null 2>&1 || APT_PACKAGES+=(gcc libc6-dev)
 missing=()
@@ -40,13 +40,14 @@ OTHER=$([ "$ORT" = gpu ] && echo onnxruntime || echo onnxruntime-gpu)
 "$VENV/bin/python" -m pip uninstall -q -y "$OTHER" >/dev/null 2>&1 || true
 "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e ".[$ORT,dev]" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c "import pvae, torch, onnxruntime; print(f'setup: pvae {pvae.__version__}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}')"
-# The native sampler is an optional build step of the install; say plainly if it is missing (serving then
-# samples with the bundle's graph: the same counts, about 4x the time).
+# The native kernels are an optional build step of the install; say plainly if they are missing (serving then
+# samples with the bundle's graph and packs with numpy: the same results, slower).
 "$VENV/bin/python" -c "
 from pvae import native
 try:
-    print(f'setup: native sampler {native.load().path.name}')
-except native.NativeSamplerUnavailable as exc:
+    native.library()
+    print(f'setup: native kernels {native.library_path().name}')
+except native.NativeUnavailable as exc:
     print(f'setup: WARNING: {exc}')
 "
 

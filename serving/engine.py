@@ -34,9 +34,10 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from pvae import native
 from pvae.bundle import Bundle, GraphSpec
 from pvae.errors import BundleError, ConfigError, DeviceError, MissingDependencyError
+from pvae.native import NativeUnavailable
+from pvae.native import sampler as native_sampler
 from pvae.preprocess_graph import PREPROCESS_OUTPUT, preprocess_model
 from pvae.serving.errors import InferenceError
 
@@ -254,7 +255,7 @@ class Engine:
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise BundleError(f"{frame_path}: cannot cut the preprocessing graph out of it: {exc}") from None
         self._sessions["preprocess"] = self._session(frame_path, preprocess.SerializeToString())
-        self._native: native.NativeSampler | None = None
+        self._native: native_sampler.NativeSampler | None = None
         self.sampler_backend, self.sampler_note = self._choose_sampler(sampler)
 
     def _choose_sampler(self, wanted: str) -> tuple[str, str]:
@@ -268,8 +269,8 @@ class Engine:
                                   "the device: use --sampler auto or graph, or --device cpu")
             return "graph", "CUDA: the sampler graph runs on the device"
         try:
-            sampler = native.load()
-        except native.NativeSamplerUnavailable as exc:
+            sampler = native_sampler.load()
+        except NativeUnavailable as exc:
             if wanted == "native":
                 raise ConfigError(f"--sampler native: {exc}") from None
             return "graph", str(exc)

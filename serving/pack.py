@@ -6,6 +6,10 @@ and rates as 8-bit codes on a fixed log-rate grid, Rice coded (relative error < 
 Arrays in, bytes out (little-endian, row-major), exactly the layouts that pvae.proto documents
 (``pvae.clients.results`` reads them back).
 
+The hot paths (sparse events, row statistics, Rice and rate codes) run in C when ``pvae.native`` is
+built (``native_packer``), with byte-identical output; the numpy code here is their specification and
+the fallback.
+
 Spike counts are never silently wrong: the sparse form is exact (counts of 255 or more are
 escaped into ``large_counts``), and the dense uint8 form stores min(count, 255) and reports how
 many entries saturated.
@@ -23,6 +27,9 @@ import cv2
 import numpy as np
 
 from pvae.errors import InputError
+from pvae.native import NativeUnavailable
+from pvae.native.pack import NativePacker
+from pvae.native.pack import load as load_native_packer
 from pvae.serving.options import FloatFormat, ImageEncoding
 
 __all__ = [
@@ -36,6 +43,7 @@ __all__ = [
     "SparseCountsPacked",
     "encode_image",
     "frame_statistics",
+    "native_packer",
     "pack_dense_counts",
     "pack_floats",
     "pack_rate_codes",
@@ -65,6 +73,14 @@ RATE_CODE_LOG_STEP = 0.084
 RATE_CODE_TOP = 255
 #: Largest Rice parameter (pvae.proto RiceCodes.parameters).
 MAX_RICE_PARAMETER = 31
+
+
+def native_packer() -> NativePacker | None:
+    """The C kernels, or None when they are not built or are switched off (``PVAE_NATIVE=0``)."""
+    try:
+        return load_native_packer()
+    except NativeUnavailable:
+        return None
 
 
 def pack_floats(values: np.ndarray, fmt: FloatFormat) -> bytes:
@@ -104,6 +120,10 @@ def _remainder_bits(values: np.ndarray, parameters: np.ndarray) -> np.ndarray:
 def rice_encode(values: np.ndarray) -> RiceCodesPacked:
     """int (N, K) values >= 0 -> Rice codes with the cheapest parameter per column (vectorised)."""
     values = np.asarray(values)
+    packer = native_packer()
+    if packer is not None and values.ndim == 2 and (not values.size or int(values.max()) < 1 << 31):
+        streams = packer.rice(values)
+        return RiceCodesPacked(streams.parameters.tobytes(), streams.quotients, streams.remainders)
     if values.size and int(values.max()) >= 1 << 31:
         values = values.astype(np.int64)
     elif values.dtype != np.int32:
@@ -149,6 +169,10 @@ class RateCodesPacked:
 
 def pack_rate_codes(rates: np.ndarray, want_rates: bool, want_log_rates: bool) -> RateCodesPacked:
     """float (N, K) rates -> one payload for rates and log-rates (FloatFormat.U8_LOG)."""
+    packer = native_packer()
+    if packer is not None and rates.dtype == np.float32 and rates.ndim == 2:
+        base_codes, deltas = packer.rate_deltas(rates, RATE_CODE_LOG_MIN, RATE_CODE_LOG_STEP)
+        return RateCodesPacked(base_codes.tobytes(), rice_encode(deltas), want_rates, want_log_rates)
     codes = rate_codes(rates).astype(np.int32)  # (N, K)
     n_rows, n_cols = codes.shape
     # Each column's upper median (sorted index N // 2) from its histogram: faster than a partition.
@@ -190,6 +214,13 @@ def pack_sparse_counts(counts: np.ndarray) -> SparseCountsPacked:
     n_patches, n_latents = counts.shape
     if n_latents > MAX_LATENTS:
         raise InputError(f"sparse counts: {n_latents} latents do not fit uint16 latent indices")
+    packer = native_packer()
+    if packer is not None and counts.dtype == np.int32:
+        latents, small, large_values, per_row = packer.sparse_events(counts)
+        offsets = np.zeros(n_patches + 1, dtype=OFFSET_DTYPE)
+        np.cumsum(per_row, out=offsets[1:])
+        return SparseCountsPacked(offsets.tobytes(), latents.astype(LATENT_DTYPE, copy=False).tobytes(),
+                                  small.tobytes(), tuple(int(v) for v in large_values))
     flat = counts.reshape(-1)
     index = np.flatnonzero(flat)  # (E,) row-major: by patch, then latent
     values = flat[index]
@@ -247,8 +278,14 @@ def frame_statistics(counts: np.ndarray, rates: np.ndarray) -> FrameStatistics:
     """
     n_patches, n_latents = counts.shape
     size = counts.size
-    sum_z = counts.sum(axis=1, dtype=np.int64).astype(np.float64)  # (N,)
-    sum_z2 = np.einsum("ij,ij->i", counts, counts, dtype=np.int64).astype(np.float64)  # (N,)
+    packer = native_packer()
+    if packer is not None and counts.dtype == np.int32:
+        sums, squares, nonzero = packer.row_stats(counts)
+        sum_z, sum_z2, active = sums.astype(np.float64), squares.astype(np.float64), int(nonzero.sum())
+    else:
+        sum_z = counts.sum(axis=1, dtype=np.int64).astype(np.float64)  # (N,)
+        sum_z2 = np.einsum("ij,ij->i", counts, counts, dtype=np.int64).astype(np.float64)  # (N,)
+        active = int(np.count_nonzero(counts))
     if n_latents > 1:
         spiking = sum_z2 > 0
         per_patch = np.ones(n_patches, dtype=np.float64)
@@ -258,7 +295,7 @@ def frame_statistics(counts: np.ndarray, rates: np.ndarray) -> FrameStatistics:
         sparsity = 1.0
     return FrameStatistics(
         total_spikes=int(sum_z.sum()),
-        active_fraction=float(np.count_nonzero(counts) / size) if size else 0.0,
+        active_fraction=active / size if size else 0.0,
         population_sparsity=sparsity,
         mean_rate=float(rates.mean(dtype=np.float64)) if size else 0.0,
     )

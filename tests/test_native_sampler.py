@@ -22,23 +22,24 @@ from pvae.bundle import SAMPLER_MAX_RATE, Bundle
 from pvae.errors import BundleError, ConfigError
 from pvae.export import sampler_reference as reference
 from pvae.export.sampler import build_sampler_model
+from pvae.native import sampler as native_sampler
 from pvae.serving.engine import DevicePlan, Engine
 
 MIN_P_VALUE = 1e-4
 Z_TOLERANCE = 5.0
 
 
-def _load() -> native.NativeSampler:
+def _load() -> native_sampler.NativeSampler:
     try:
-        return native.load()
-    except native.NativeSamplerUnavailable as exc:
+        return native_sampler.load()
+    except native.NativeUnavailable as exc:
         if os.environ.get("CI") == "true":  # the project's setup installs a compiler: CI must have the kernel
             raise
         pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
-def kernel() -> native.NativeSampler:
+def kernel() -> native_sampler.NativeSampler:
     return _load()
 
 
@@ -49,28 +50,28 @@ def _rate_grid() -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- parity
-def test_the_c_constants_match_the_reference(kernel: native.NativeSampler) -> None:
+def test_the_c_constants_match_the_reference(kernel: native_sampler.NativeSampler) -> None:
     """poisson.c clamps at 1e6 and takes log k! from pvae.native, which must tabulate it as the reference does."""
     assert SAMPLER_MAX_RATE == reference.MAX_RATE == 1.0e6
-    np.testing.assert_array_equal(native._LOG_FACTORIALS, reference._LOG_FACTORIALS)
-    assert native._HALF_LOG_2PI == reference._HALF_LOG_2PI
+    np.testing.assert_array_equal(native_sampler._LOG_FACTORIALS, reference._LOG_FACTORIALS)
+    assert native_sampler._HALF_LOG_2PI == reference._HALF_LOG_2PI
 
 
-def test_keys_match_the_reference(kernel: native.NativeSampler) -> None:
+def test_keys_match_the_reference(kernel: native_sampler.NativeSampler) -> None:
     seeds = [0, 1, -1, 2**63 - 1, -(2**63), *np.random.default_rng(0).integers(-(2**63), 2**63 - 1, 300).tolist()]
     for seed in seeds:
         assert kernel.derive_key(seed) == reference.derive_key(seed), seed
 
 
 @pytest.mark.parametrize("seed", [0, 1, -1, 2**63 - 1, -(2**63), 123456789])
-def test_counts_match_the_reference_bit_for_bit(kernel: native.NativeSampler, seed: int) -> None:
+def test_counts_match_the_reference_bit_for_bit(kernel: native_sampler.NativeSampler, seed: int) -> None:
     rates = _rate_grid()
     counts = kernel.sample(rates, seed)
     assert counts.dtype == np.int32 and counts.shape == rates.shape
     np.testing.assert_array_equal(counts, reference.poisson_reference(rates, seed))
 
 
-def test_counts_match_the_graph_on_dense_codes(kernel: native.NativeSampler) -> None:
+def test_counts_match_the_graph_on_dense_codes(kernel: native_sampler.NativeSampler) -> None:
     """A VGA frame's worth of dense codes (log-uniform 1e-4..30, half of them spike) through sampler.onnx."""
     import onnxruntime as ort
 
@@ -96,7 +97,7 @@ def _rate_with_cdf_at(u: np.ndarray, k: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("k", [0, 1, 2, 5])
-def test_uniforms_on_a_cdf_step_take_the_exact_path(kernel: native.NativeSampler, k: int) -> None:
+def test_uniforms_on_a_cdf_step_take_the_exact_path(kernel: native_sampler.NativeSampler, k: int) -> None:
     """Rates chosen so that every element's uniform lies on F(k): the screen must defer all of them, and the
     counts (k or k + 1, decided by the last bits) must still be the reference's."""
     seed, n = 77, 20_000
@@ -115,20 +116,20 @@ def test_uniforms_on_a_cdf_step_take_the_exact_path(kernel: native.NativeSampler
     assert draw.exact_elements >= near.sum(), (draw.exact_elements, int(near.sum()))
 
 
-def test_the_screen_settles_almost_every_element_of_dense_codes(kernel: native.NativeSampler) -> None:
+def test_the_screen_settles_almost_every_element_of_dense_codes(kernel: native_sampler.NativeSampler) -> None:
     rates = np.exp(np.random.default_rng(6).uniform(np.log(1e-4), np.log(5.0), (1200, 512))).astype(np.float32)
     draw = kernel.draw(rates, 3)
     assert draw.exact_elements < 0.02 * rates.size, draw.exact_elements
 
 
 @pytest.mark.parametrize("threads", [2, 3, 7, 64, 1000])
-def test_threads_do_not_change_the_counts(kernel: native.NativeSampler, threads: int) -> None:
+def test_threads_do_not_change_the_counts(kernel: native_sampler.NativeSampler, threads: int) -> None:
     rates = np.exp(np.random.default_rng(7).uniform(np.log(1e-6), np.log(220.0), (301, 509))).astype(np.float32)
     np.testing.assert_array_equal(kernel.sample(rates, 12, threads), kernel.sample(rates, 12, 1))
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 1023, 1025])
-def test_every_length_matches_the_reference(kernel: native.NativeSampler, n: int) -> None:
+def test_every_length_matches_the_reference(kernel: native_sampler.NativeSampler, n: int) -> None:
     """The draw-0 word is shared by elements e, e + P, e + 2P, e + 3P (P = ceil(n / 4)): short and ragged tails."""
     rates = np.geomspace(1e-3, 40.0, max(n, 1)).astype(np.float32)[:n]
     counts = kernel.sample(rates, 5)
@@ -136,7 +137,7 @@ def test_every_length_matches_the_reference(kernel: native.NativeSampler, n: int
     np.testing.assert_array_equal(counts, reference.poisson_reference(rates, 5))
 
 
-def test_input_layouts_and_dtypes(kernel: native.NativeSampler) -> None:
+def test_input_layouts_and_dtypes(kernel: native_sampler.NativeSampler) -> None:
     rates = np.geomspace(1e-3, 40.0, 600).reshape(20, 30)
     expected = reference.poisson_reference(rates.astype(np.float32), 8)
     np.testing.assert_array_equal(kernel.sample(rates, 8), expected)  # float64 in: converted
@@ -145,7 +146,7 @@ def test_input_layouts_and_dtypes(kernel: native.NativeSampler) -> None:
     np.testing.assert_array_equal(kernel.sample(rates.astype(np.float32)[None], 8), expected[None])
 
 
-def test_bad_arguments_are_refused(kernel: native.NativeSampler) -> None:
+def test_bad_arguments_are_refused(kernel: native_sampler.NativeSampler) -> None:
     rates = np.ones(4, np.float32)
     with pytest.raises(ValueError, match="seed must fit int64"):
         kernel.sample(rates, 2**63)
@@ -153,7 +154,7 @@ def test_bad_arguments_are_refused(kernel: native.NativeSampler) -> None:
         kernel.sample(rates, 1, threads=0)
 
 
-def test_rates_above_the_limit_are_clamped_and_counts_not_capped(kernel: native.NativeSampler) -> None:
+def test_rates_above_the_limit_are_clamped_and_counts_not_capped(kernel: native_sampler.NativeSampler) -> None:
     rates = np.array([1e4, 1e6, 1e7, np.inf], np.float32).repeat(2000)
     counts = kernel.sample(rates, 3).astype(np.float64).reshape(4, -1)
     assert abs(counts[0].mean() - 1e4) < Z_TOLERANCE * np.sqrt(1e4 / 2000)
@@ -167,7 +168,7 @@ BIG_RATES = [1e-3, 0.01, 0.1, 0.5, 0.99, 1.01, 3.0, 5.0, 9.99, 10.0, 10.01, 30.0
 
 
 @pytest.fixture(scope="module")
-def big_counts(kernel: native.NativeSampler) -> np.ndarray:
+def big_counts(kernel: native_sampler.NativeSampler) -> np.ndarray:
     rates = np.repeat(np.array(BIG_RATES, dtype=np.float32)[:, None], BIG_DRAWS, axis=1)
     return kernel.sample(rates, 20261, threads=2)
 
@@ -193,7 +194,7 @@ def test_goodness_of_fit_at_a_million_draws(big_counts: np.ndarray, row: int) ->
     assert result.pvalue > MIN_P_VALUE, (lam, observed, expected_arr)
 
 
-def test_seeds_give_independent_counts(kernel: native.NativeSampler) -> None:
+def test_seeds_give_independent_counts(kernel: native_sampler.NativeSampler) -> None:
     rates = np.full((200, 1000), 2.0, np.float32)
     a, b = kernel.sample(rates, 1).ravel(), kernel.sample(rates, 2).ravel()
     assert not np.array_equal(a, b)
@@ -220,7 +221,7 @@ def test_engine_without_the_library(tiny_bundle: Bundle, monkeypatch: pytest.Mon
     monkeypatch.setenv(native.ENV_SWITCH, "0")
     engine = Engine(tiny_bundle, DevicePlan("cpu"))
     assert engine.sampler_backend == "graph" and native.ENV_SWITCH in engine.sampler_note
-    with pytest.raises(ConfigError, match="--sampler native: the native sampler is switched off"):
+    with pytest.raises(ConfigError, match="--sampler native: the native kernels are switched off"):
         Engine(tiny_bundle, DevicePlan("cpu"), sampler="native")
 
 

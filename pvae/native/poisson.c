@@ -17,14 +17,14 @@
  *      the reference's own float64 sequence, libm exp/log (the reference allows one ulp there).
  *
  * Compile with -ffp-contract=off: a fused multiply-add would round differently from the reference.
- * The entry points are plain C for ctypes (pvae/poisson.py); nothing here touches Python.
+ * The entry points are plain C for ctypes (pvae/native/sampler.py); nothing here touches Python.
  */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
-#define PVAE_POISSON_ABI 1
+#define PVAE_NATIVE_ABI 2 /* pvae/native/__init__.py ABI: bump with any exported signature */
 
 #define SWITCH_RATE 10.0
 #define MAX_RATE 1.0e6f
@@ -259,7 +259,7 @@ static void *run_job_thread(void *arg) {
     return NULL;
 }
 
-int pvae_poisson_abi(void) { return PVAE_POISSON_ABI; }
+int pvae_native_abi(void) { return PVAE_NATIVE_ABI; }
 
 /*
  * counts[e] ~ Poisson(rates[e]) for e < n, drawn with the key of `seed` (pvae_derive_key), the
