@@ -48,13 +48,15 @@ from pvae.errors import ConfigError
 from pvae.serving.decode import FrameLimits
 from pvae.serving.engine import Engine, resolve_device
 from pvae.serving.messages import decode_frame, fill_result, parse_options
-from pvae.serving.pipeline import FrameJob, Pipeline
+from pvae.serving.pipeline import FrameJob, Pipeline, StageTimes
 from pvae.serving.source import resolve_bundle
 from pvae.v1 import pvae_pb2 as pb
 
 __all__ = ["InProcessRunner", "RunFigures", "format_report", "frame_message", "main", "realtime_lines",
            "run_benchmark", "server_processes", "synthetic_frames"]
 
+#: The in-process pipeline stages reported per frame (``StageTimes`` fields; queueing is a server's).
+STAGES = ("decode", "inference", "sampling", "packing")
 #: VGA, the frame size the serving targets are set for.
 VGA = (480, 640)
 #: The serving targets on the 2-core CPU: streaming throughput against the in-process engine, the
@@ -94,6 +96,8 @@ class RunFigures:
     response_bytes: list[int] = field(default_factory=list, repr=False)
     parts: dict[str, list[int]] = field(default_factory=dict, repr=False)
     batch_sizes: list[int] = field(default_factory=list, repr=False)
+    stages: dict[str, list[float]] = field(default_factory=dict, repr=False)
+    """In-process runs: seconds per frame in each pipeline stage (``StageTimes``)."""
 
     def add_round(self, frames: int, seconds: float) -> None:
         self.frames += frames
@@ -135,6 +139,7 @@ class RunFigures:
             "request_bytes": request, "response_bytes": response, "round_trip_bytes": request + response,
             "response_parts_bytes": {k: float(np.mean(v)) for k, v in self.parts.items()},
             "mean_batch_size": float(np.mean(self.batch_sizes)) if self.batch_sizes else 1.0,
+            "stage_ms": {k: float(np.median(v) * 1e3) for k, v in self.stages.items()},
         }
 
 
@@ -203,18 +208,26 @@ class InProcessRunner:
                                   min_side=self.engine.min_frame_side)
         self.frames = frames
         self.config = config
+        self.last_times: list[StageTimes] = []
+        """The stage times of the frames of the last ``batch`` call."""
 
     def batch(self, first: int, size: int) -> tuple[float, list[pb.StreamEncodeResponse]]:
         """``size`` frames decoded, then run as one batch (what the server does for equal sizes)."""
         start = time.perf_counter()
         indices = range(first, first + size)
-        jobs = [FrameJob(decode_frame(self.frames[i % len(self.frames)], self.limits), self.spec, seed=i)
-                for i in indices]
+        jobs = []
+        for i in indices:
+            decode_start = time.perf_counter()
+            job = FrameJob(decode_frame(self.frames[i % len(self.frames)], self.limits), self.spec, seed=i)
+            job.times.decode = time.perf_counter() - decode_start
+            jobs.append(job)
         responses = []
+        self.last_times = []
         for i, result in zip(indices, self.pipeline.process(jobs), strict=True):
             response = pb.StreamEncodeResponse(sequence=i)
             fill_result(response.result, result, time.perf_counter() - start)
             responses.append(response)
+            self.last_times.append(result.times)
         return time.perf_counter() - start, responses
 
     def run(self, figures: RunFigures, frames: int, batch: int = 1) -> None:
@@ -224,6 +237,9 @@ class InProcessRunner:
         for first in range(0, frames, batch):
             size = min(batch, frames - first)
             latency, responses = self.batch(first, size)
+            for times in self.last_times:
+                for stage in STAGES:
+                    figures.stages.setdefault(stage, []).append(getattr(times, stage))
             for i, response in zip(range(first, first + size), responses, strict=True):
                 figures.latencies_s.append(latency)
                 figures.add_response(response.result, response.ByteSize())
@@ -338,7 +354,7 @@ def run_benchmark(config: BenchConfig, progress: Any = None) -> dict[str, Any]:
                          + ", ".join(f"{f.name} {f.round_fps[-1]:.2f} fps" for f in runs.values()))
     return {
         "config": {**asdict(config), "model": str(bundle.root), "n_latents": bundle.n_latents,
-                   "cpu_count": os.cpu_count()},
+                   "cpu_count": os.cpu_count(), "sampler": in_process.engine.sampler_backend},
         "in_process": baseline.summary(),
         "in_process_batched": batched.summary() if batched.frames else None,
         "streaming": [run.summary() for run in runs.values()],
@@ -397,6 +413,10 @@ def format_report(figures: dict[str, Any]) -> str:
                      f"{'met' if tail <= TARGET_P99_OVER_P50 else 'MISSED'}); round trip "
                      f"{row['round_trip_bytes'] / 1e6:.3f} MB/frame (target < {TARGET_WIRE_BYTES / 1e6:.1f} MB: "
                      f"{'met' if row['round_trip_bytes'] < TARGET_WIRE_BYTES else 'MISSED'})")
+    stages = base.get("stage_ms") or {}
+    if stages:
+        lines.append("in-process stage medians per frame: " + ", ".join(f"{k} {v:.2f} ms" for k, v in stages.items())
+                     + f" (sampler: {figures['config'].get('sampler', '?')})")
     lines.extend(realtime_lines(figures["streaming"]))
     cfg = figures["config"]
     lines.append(f"(model {cfg['model']}, K={cfg['n_latents']}, {cfg['cpu_count']} CPUs, device {cfg['device']}, "
