@@ -22,13 +22,14 @@ many entries saturated.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
 
 from pvae.errors import InputError
 from pvae.native import NativeUnavailable
-from pvae.native.pack import NativePacker
+from pvae.native.pack import NativePacker, RateGrid
 from pvae.native.pack import load as load_native_packer
 from pvae.serving.options import FloatFormat, ImageEncoding
 
@@ -152,6 +153,12 @@ def rate_codes(rates: np.ndarray) -> np.ndarray:
     return codes.astype(np.uint8)
 
 
+@lru_cache(maxsize=1)
+def _rate_grid() -> RateGrid:
+    """:func:`rate_codes` as thresholds and a bucket table, for the native kernel (which takes no log)."""
+    return RateGrid.from_codes(rate_codes)
+
+
 @dataclass(frozen=True)
 class RateCodesPacked:
     """Rates and log-rates as Rice-coded log-grid codes (pvae.v1.RateCodes)."""
@@ -171,7 +178,7 @@ def pack_rate_codes(rates: np.ndarray, want_rates: bool, want_log_rates: bool) -
     """float (N, K) rates -> one payload for rates and log-rates (FloatFormat.U8_LOG)."""
     packer = native_packer()
     if packer is not None and rates.dtype == np.float32 and rates.ndim == 2:
-        base_codes, deltas = packer.rate_deltas(rates, RATE_CODE_LOG_MIN, RATE_CODE_LOG_STEP)
+        base_codes, deltas = packer.rate_deltas(rates, _rate_grid())
         return RateCodesPacked(base_codes.tobytes(), rice_encode(deltas), want_rates, want_log_rates)
     codes = rate_codes(rates).astype(np.int32)  # (N, K)
     n_rows, n_cols = codes.shape

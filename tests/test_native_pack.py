@@ -112,3 +112,33 @@ def test_rice_refuses_negative_values() -> None:
 
     with pytest.raises(ValueError, match="values >= 0"):
         load().rice(np.array([[1, -1]], np.int32))
+
+
+def test_rate_codes_at_every_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C kernel reads codes from thresholds and a bucket table instead of taking a log: rates exactly
+    on each of the 255 thresholds, one float32 step below and above, and the bucket edges must all get
+    rate_codes' code."""
+    grid = pack._rate_grid()
+    edges = grid.thresholds[1:-1]
+    below = np.nextafter(edges, np.float32(0))
+    above = np.nextafter(edges, np.float32(np.inf))
+    buckets = (np.arange(0, 0x7F80, 7, dtype=np.uint32) << np.uint32(16)).view(np.float32)
+    values = np.concatenate([edges, below, above, buckets, np.nextafter(buckets, np.float32(0))])
+    rates = np.resize(values.astype(np.float32), (len(values) // 64 + 1, 64))
+    fast, slow = _both(monkeypatch, pack.pack_rate_codes, rates, True, True)
+    assert fast == slow
+    from pvae.native.pack import load
+
+    _, zigzag = load().rate_deltas(rates, grid)
+    assert zigzag.shape == rates.shape
+
+
+def test_rate_grid_refuses_a_map_it_cannot_hold() -> None:
+    from pvae.native.pack import RateGrid
+
+    def squeezed(rates: np.ndarray) -> np.ndarray:  # 255 codes in [1, 1.001)
+        finite = np.nan_to_num(rates.astype(np.float64), nan=0.0, posinf=2.0, neginf=0.0)
+        return np.clip((finite - 1.0) * 255e3, 0, 255).astype(np.uint8)
+
+    with pytest.raises(ValueError, match="more than one code threshold"):
+        RateGrid.from_codes(squeezed)

@@ -7,7 +7,7 @@
  *                       and the exact counts >= 255 in event order
  *   pvae_rice_plan      per column, the Rice parameter with the fewest bits, and the two streams' sizes
  *   pvae_rice_write     the unary quotient and the remainder bit streams (MSB first, zero-padded)
- *   pvae_rate_deltas    rates -> log-grid codes -> per-column upper median -> zigzag(code - median)
+ *   pvae_rate_deltas    rates -> log-grid codes (by table, no log) -> per-column upper median -> zigzag
  */
 #include <math.h>
 #include <stdint.h>
@@ -151,26 +151,37 @@ void pvae_rice_write(const int32_t *values, uint64_t rows, uint64_t cols, const 
 }
 
 /* rates (rows x cols) -> base[c] (each column's upper median code) and zigzag(code - base) per entry.
- * code = rint((log r - log_min) / log_step) + 1, capped at 255; 0 below the grid, for 0 and for NaN.
- * `histogram` holds cols * 256 int64. */
-void pvae_rate_deltas(const float *rates, uint64_t rows, uint64_t cols, double log_min, double log_step,
-                      uint8_t *base, int32_t *zigzag, int64_t *histogram) {
-    memset(histogram, 0, sizeof(int64_t) * cols * (RATE_CODE_TOP + 1));
+ *
+ * The code of a rate is serving/pack.py's rate_codes: rint((log r - log_min) / log_step) + 1, capped at
+ * 255; 0 below the grid, for 0, negatives and NaN. That map is monotone in r, so it is fixed by its 255
+ * thresholds: `thresholds[c]` (c = 1..255) is the smallest float32 whose code is >= c, found by the
+ * caller with rate_codes itself, and thresholds[256] is NaN (never reached). `table` maps the top 16 bits
+ * of a float32 to the code of the smallest float with those bits; a 16-bit bucket is 2^-7 wide
+ * (relative), narrower than one grid step (e^0.084), so it holds at most one threshold and the code is
+ * table[b] or table[b] + 1. NaN is tested apart (its bucket may hold +inf's code). No log is taken.
+ * `histogram` holds 256 * cols int32, code-major (neighbouring columns' counters share cache lines). */
+void pvae_rate_deltas(const float *rates, uint64_t rows, uint64_t cols, const float *thresholds,
+                      const uint8_t *table, uint8_t *base, int32_t *zigzag, int32_t *histogram) {
+    memset(histogram, 0, sizeof(int32_t) * cols * (RATE_CODE_TOP + 1));
     for (uint64_t r = 0; r < rows; ++r) {
+        const float *row = rates + r * cols;
+        int32_t *out = zigzag + r * cols;
         for (uint64_t c = 0; c < cols; ++c) {
-            const uint64_t i = r * cols + c;
-            double index = rint((log((double)rates[i]) - log_min) / log_step);
-            int64_t code = index >= 0 ? (int64_t)(index < RATE_CODE_TOP - 1 ? index : RATE_CODE_TOP - 1) + 1 : 0;
-            zigzag[i] = (int32_t)code; /* the code for now; the delta below */
-            histogram[c * (RATE_CODE_TOP + 1) + (uint64_t)code] += 1;
+            const float rate = row[c];
+            uint32_t bits;
+            memcpy(&bits, &rate, sizeof bits);
+            int32_t code = table[bits >> 16];
+            code += rate >= thresholds[code + 1];
+            code = rate == rate ? code : 0;
+            out[c] = code; /* the code for now; the delta below */
+            histogram[(uint64_t)code * cols + c] += 1;
         }
     }
     const int64_t half = (int64_t)(rows / 2);
     for (uint64_t c = 0; c < cols; ++c) { /* base = #codes whose cumulative count stays <= rows // 2 */
         int64_t cumulative = 0, below = 0;
-        const int64_t *h = histogram + c * (RATE_CODE_TOP + 1);
-        for (int code = 0; code <= RATE_CODE_TOP; ++code) {
-            cumulative += h[code];
+        for (uint64_t code = 0; code <= RATE_CODE_TOP; ++code) {
+            cumulative += histogram[code * cols + c];
             below += cumulative <= half;
         }
         base[c] = (uint8_t)(rows ? below : 0);

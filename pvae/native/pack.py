@@ -11,13 +11,14 @@ counts / float32 rates of shape (N, K), C-contiguous (other layouts are copied f
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from pvae.native import library
 
-__all__ = ["NativePacker", "RiceStreams", "load"]
+__all__ = ["NativePacker", "RateGrid", "RiceStreams", "load"]
 
 #: Largest Rice parameter (pvae.proto RiceCodes.parameters; pack.c MAX_RICE_PARAMETER).
 MAX_RICE_PARAMETER = 31
@@ -92,19 +93,59 @@ class NativePacker:
         self._lib.pvae_rice_write(_ptr(array), rows, cols, _ptr(parameters), _ptr(quotients), _ptr(remainders))
         return RiceStreams(parameters, quotients.tobytes(), remainders.tobytes())
 
-    def rate_deltas(self, rates: np.ndarray, log_min: float, log_step: float) -> tuple[np.ndarray, np.ndarray]:
-        """float (N, K) rates -> (base uint8 (K,): each column's upper median code, zigzag(code - base) int32
-        (N, K)), with code = rint((log r - log_min) / log_step) + 1 capped at 255, 0 below the grid."""
+    def rate_deltas(self, rates: np.ndarray, grid: RateGrid) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (N, K) rates -> (base uint8 (K,): each column's upper median code, zigzag(code - base) int32
+        (N, K)), with the codes of ``grid`` (see :class:`RateGrid`)."""
         array = np.ascontiguousarray(rates, dtype=np.float32)
         if array.ndim != 2:
             raise ValueError(f"expected an (N, K) array, got shape {array.shape}")
         rows, cols = array.shape
         base = np.empty(cols, np.uint8)
         zigzag = np.empty((rows, cols), np.int32)
-        histogram = np.empty(cols * RATE_CODES, np.int64)
-        self._lib.pvae_rate_deltas(_ptr(array), rows, cols, float(log_min), float(log_step), _ptr(base), _ptr(zigzag),
-                                   _ptr(histogram))
+        if rows >= 1 << 31:
+            raise ValueError(f"{rows} rows: the per-column code counts are int32")
+        histogram = np.empty(cols * RATE_CODES, np.int32)
+        self._lib.pvae_rate_deltas(_ptr(array), rows, cols, _ptr(grid.thresholds), _ptr(grid.table), _ptr(base),
+                                   _ptr(zigzag), _ptr(histogram))
         return base, zigzag
+
+
+@dataclass(frozen=True)
+class RateGrid:
+    """A monotone float32 -> code map (0..255) as pack.c reads it, built from the map itself.
+
+    ``thresholds[c]`` (c = 1..255) is the smallest float32 whose code is >= c (``thresholds[256]`` is NaN);
+    ``table[b]`` is the code of the smallest float32 whose top 16 bits are b. Valid when every 16-bit
+    bucket of positive floats holds at most one threshold, which :meth:`from_codes` checks.
+    """
+
+    thresholds: np.ndarray
+    """float32 (257,)."""
+    table: np.ndarray
+    """uint8 (65536,)."""
+
+    @classmethod
+    def from_codes(cls, codes: Callable[[np.ndarray], np.ndarray]) -> RateGrid:
+        """The grid of ``codes`` (float32 array -> uint8 codes, non-decreasing in the value for values >= 0,
+        0 for negatives and NaN)."""
+        top = RATE_CODES - 1
+        lo = np.zeros(top, np.int64)  # bit patterns of non-negative float32: value order = integer order
+        hi = np.full(top, np.float32(np.inf).view(np.uint32), np.int64)
+        wanted = np.arange(1, top + 1)
+        if np.any(codes(hi.astype(np.uint32).view(np.float32)).astype(np.int64) < wanted):
+            raise ValueError("the code map never reaches its top code")
+        while np.any(lo < hi):  # smallest pattern whose code is >= c
+            mid = (lo + hi) // 2
+            reached = codes(mid.astype(np.uint32).view(np.float32)).astype(np.int64) >= wanted
+            hi, lo = np.where(reached, mid, hi), np.where(reached, lo, mid + 1)
+        thresholds = np.concatenate([[np.nan], lo.astype(np.uint32).view(np.float32), [np.nan]]).astype(np.float32)
+        starts = (np.arange(1 << 16, dtype=np.uint64) << np.uint64(16)).astype(np.uint32).view(np.float32)
+        with np.errstate(invalid="ignore"):
+            table = codes(starts).astype(np.uint8)
+        positive = table[: 0x7F80]  # buckets of finite non-negative floats, in value order
+        if np.any(np.diff(positive.astype(np.int64)) > 1):
+            raise ValueError("a 16-bit bucket holds more than one code threshold")
+        return cls(thresholds, table)
 
 
 def load() -> NativePacker:
