@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
+import onnx.utils
 
 from pvae.bundle import Bundle, GraphSpec
 from pvae.errors import BundleError, ConfigError, DeviceError, MissingDependencyError
@@ -251,10 +253,15 @@ class Engine:
         self.patch_shape = (int(patch_shape[0]), int(patch_shape[-1]))
         frame_path = bundle.graph_path("frame")
         try:
-            preprocess = preprocess_model(onnx.load(str(frame_path)), self.patch_shape, self._frame_input)
+            self._frame_model = onnx.load(str(frame_path))
+            preprocess = preprocess_model(self._frame_model, self.patch_shape, self._frame_input)
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise BundleError(f"{frame_path}: cannot cut the preprocessing graph out of it: {exc}") from None
         self._sessions["preprocess"] = self._session(frame_path, preprocess.SerializeToString())
+        # ONNX Runtime runs every node of a graph whatever is fetched, so a request that wants fewer outputs
+        # gets a session of the frame graph cut down to them (same nodes, same kernels: the same values).
+        self._frame_sessions: dict[frozenset[str], Any] = {frozenset(FRAME_OUTPUTS): self._sessions["frame"]}
+        self._frame_sessions_lock = threading.Lock()
         self._native: native_sampler.NativeSampler | None = None
         self.sampler_backend, self.sampler_note = self._choose_sampler(sampler)
 
@@ -321,7 +328,7 @@ class Engine:
         ``"rates"`` is always computed; with I/O binding it also stays on the device for ``sample``.
         """
         wanted = [name for name in FRAME_OUTPUTS if name in outputs]
-        session = self._sessions["frame"]
+        session = self._frame_session(wanted)
         shape = (int(frames.shape[0]), int(frames.shape[1]), int(frames.shape[2]))
         try:
             if not self.io_binding:
@@ -343,6 +350,24 @@ class Engine:
             return FrameBatch(shape, host, device_rates=values[0], n_latents=self.n_latents)
         except Exception as exc:
             raise InferenceError(f"frame graph failed on a {shape} batch: {exc}") from None
+
+    def _frame_session(self, outputs: Sequence[str]) -> Any:
+        """The frame graph cut down to ``outputs`` and ``rates`` (made on first use, then kept)."""
+        key = frozenset(outputs) | {"rates"}
+        session = self._frame_sessions.get(key)
+        if session is not None:
+            return session
+        with self._frame_sessions_lock:
+            session = self._frame_sessions.get(key)
+            if session is None:
+                names = [name for name in FRAME_OUTPUTS if name in key]
+                try:
+                    part = onnx.utils.Extractor(self._frame_model).extract_model([self._frame_input], names)
+                except (ValueError, KeyError, onnx.checker.ValidationError) as exc:
+                    raise InferenceError(f"cannot cut the frame graph down to {names}: {exc}") from None
+                session = self._session(self.bundle.graph_path("frame"), part.SerializeToString())
+                self._frame_sessions[key] = session
+        return session
 
     def sample(self, batch: FrameBatch, index: int, seed: int) -> np.ndarray:
         """Exact Poisson counts int32 (R*C, K) for frame ``index`` of ``batch``, drawn with ``seed``."""
@@ -408,9 +433,11 @@ class Engine:
 
     # ------------------------------------------------------------------ warm-up
 
-    def warm_up(self, sizes: Sequence[tuple[int, int]] = ()) -> None:
+    def warm_up(self, sizes: Sequence[tuple[int, int]] = (),
+                output_sets: Sequence[Sequence[str]] = (("rates",),)) -> None:
         """Run every graph once on a small input, and the frame graph and sampler on each (H, W) of
-        ``sizes`` (first runs of a shape allocate buffers and pick kernels)."""
+        ``sizes`` (first runs of a shape allocate buffers and pick kernels); the frame graph also cut down
+        to each of ``output_sets`` (default: rates alone, what a request for counts and stats needs)."""
         side = max(self.min_frame_side, WARMUP_SIDE, self.patch_size)
         # Two patches per side, so the tiling path (not only the single-patch corner case) runs.
         side = self.patch_size * math.ceil(2 * side / self.patch_size)
@@ -418,6 +445,8 @@ class Engine:
             frames = np.zeros((1, max(height, self.min_frame_side), max(width, self.min_frame_side)), np.uint8)
             batch = self.run_frames(frames, FRAME_OUTPUTS)
             self.sample(batch, 0, seed=0)
+            for outputs in output_sets:
+                self.run_frames(frames, outputs)
             self.run_preprocess(frames)
         _, rates = self.run_patches(np.zeros((2, self.patch_dim), dtype=np.float32))
         self.decode(rates)

@@ -594,3 +594,19 @@ def test_inference_workers_bound_the_calls_that_run_at_once(workers: int) -> Non
 def test_inference_workers_must_be_positive() -> None:
     with pytest.raises(ValueError, match="workers"):
         Batcher(_FakePipeline(), max_batch=1, max_delay_s=0.0, max_queue=1, workers=0)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------- frame graph cut to the outputs
+def test_frame_graph_cut_to_the_requested_outputs_gives_the_same_values(engine: Any) -> None:
+    """ONNX Runtime runs every node whatever is fetched, so the engine runs the frame graph cut down to
+    the outputs a batch needs: the values must be the full graph's, bit for bit, and each cut is made once."""
+    from pvae.serving.engine import FRAME_OUTPUTS
+
+    frames = np.random.default_rng(3).integers(0, 256, (2, 40, 56), dtype=np.uint8)
+    full = engine.run_frames(frames, FRAME_OUTPUTS)
+    for outputs in (["rates"], ["rates", "reconstruction_u8"], ["log_rates", "rates"], ["preprocessed_u8"]):
+        cut = engine.run_frames(frames, outputs)
+        for name in outputs:
+            np.testing.assert_array_equal(cut.host[name], full.host[name], err_msg=name)
+        assert engine._frame_session(outputs) is engine._frame_session(list(reversed(outputs)))
+    assert engine._frame_session(FRAME_OUTPUTS) is engine._sessions["frame"]
