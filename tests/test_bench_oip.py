@@ -323,6 +323,14 @@ def test_report_without_a_floor_has_no_floor_lines() -> None:
         assert "transport floor" not in report and "decomposed" not in report
 
 
+def test_report_says_why_an_unstable_floor_is_missing() -> None:
+    """An unstable transport floor no longer throws the OIP rows away: the report keeps them and says why."""
+    why = "perf_analyzer (transport floor (no compute), streaming c=1) exit 2: Failed to obtain stable measurement"
+    report = format_report({**_figures(200.0, 6.0), "floor": None, "floor_error": why})
+    assert f"transport floor: not measured ({why})" in report
+    assert "OIP streaming c=1" in report and "decomposed" not in report
+
+
 def test_floor_flag_and_file_names() -> None:
     assert bench_oip._parse([])[0].floor is True
     assert bench_oip._parse(["--no-floor"])[0].floor is False
