@@ -59,6 +59,8 @@ CUDA_PROVIDER = "CUDAExecutionProvider"
 #: Output names of the frame graph that the server uses (see the pvae.bundle docstring).
 FRAME_INPUT = "frames"
 FRAME_OUTPUTS = ("preprocessed", "log_rates", "rates", "reconstruction", "preprocessed_u8", "reconstruction_u8")
+#: Outputs of the rates graph.
+RATES_OUTPUTS = ("log_rates", "rates")
 #: Where NVIDIA's kernel driver lists GPUs; used by ``--device auto`` to look for one without CUDA.
 NVIDIA_PROC = Path("/proc/driver/nvidia/gpus")
 #: Smallest side of the warm-up frame when the manifest has no frame policy (one 16-pixel patch
@@ -260,8 +262,11 @@ class Engine:
         self._sessions["preprocess"] = self._session(frame_path, preprocess.SerializeToString())
         # ONNX Runtime runs every node of a graph whatever is fetched, so a request that wants fewer outputs
         # gets a session of the frame graph cut down to them (same nodes, same kernels: the same values).
-        self._frame_sessions: dict[frozenset[str], Any] = {frozenset(FRAME_OUTPUTS): self._sessions["frame"]}
-        self._frame_sessions_lock = threading.Lock()
+        self._graph_models = {"frame": self._frame_model}
+        self._cut_sessions: dict[tuple[str, frozenset[str]], Any] = {
+            ("frame", frozenset(FRAME_OUTPUTS)): self._sessions["frame"],
+            ("rates", frozenset(RATES_OUTPUTS)): self._sessions["rates"]}
+        self._cut_sessions_lock = threading.Lock()
         self._native: native_sampler.NativeSampler | None = None
         self.sampler_backend, self.sampler_note = self._choose_sampler(sampler)
 
@@ -353,20 +358,26 @@ class Engine:
 
     def _frame_session(self, outputs: Sequence[str]) -> Any:
         """The frame graph cut down to ``outputs`` and ``rates`` (made on first use, then kept)."""
-        key = frozenset(outputs) | {"rates"}
-        session = self._frame_sessions.get(key)
+        return self._cut_session("frame", FRAME_OUTPUTS, frozenset(outputs) | {"rates"}, self._frame_input)
+
+    def _cut_session(self, graph: str, order: Sequence[str], keep: frozenset[str], graph_input: str) -> Any:
+        """A session of bundle graph ``graph`` cut down to the outputs ``keep`` (listed in ``order``)."""
+        key = (graph, keep)
+        session = self._cut_sessions.get(key)
         if session is not None:
             return session
-        with self._frame_sessions_lock:
-            session = self._frame_sessions.get(key)
+        with self._cut_sessions_lock:
+            session = self._cut_sessions.get(key)
             if session is None:
-                names = [name for name in FRAME_OUTPUTS if name in key]
+                names = [name for name in order if name in keep]
                 try:
-                    part = onnx.utils.Extractor(self._frame_model).extract_model([self._frame_input], names)
-                except (ValueError, KeyError, onnx.checker.ValidationError) as exc:
-                    raise InferenceError(f"cannot cut the frame graph down to {names}: {exc}") from None
-                session = self._session(self.bundle.graph_path("frame"), part.SerializeToString())
-                self._frame_sessions[key] = session
+                    if graph not in self._graph_models:
+                        self._graph_models[graph] = onnx.load(str(self.bundle.graph_path(graph)))
+                    part = onnx.utils.Extractor(self._graph_models[graph]).extract_model([graph_input], names)
+                except (OSError, ValueError, KeyError, onnx.checker.ValidationError) as exc:
+                    raise InferenceError(f"cannot cut the {graph} graph down to {names}: {exc}") from None
+                session = self._session(self.bundle.graph_path(graph), part.SerializeToString())
+                self._cut_sessions[key] = session
         return session
 
     def sample(self, batch: FrameBatch, index: int, seed: int) -> np.ndarray:
@@ -415,13 +426,18 @@ class Engine:
 
     # ------------------------------------------------------------------ patches
 
-    def run_patches(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Model-space patches float32 (N, D) -> (log_rates, rates) float32 (N, K)."""
+    def run_patches(self, patches: np.ndarray, outputs: Sequence[str] = RATES_OUTPUTS) -> dict[str, np.ndarray]:
+        """Model-space patches float32 (N, D) -> the named outputs (``log_rates``, ``rates``), float32 (N, K).
+
+        Only the outputs asked for are computed: the rates graph is cut down to them (``rates`` alone skips
+        the log)."""
+        names = [name for name in RATES_OUTPUTS if name in outputs] or ["rates"]
+        session = self._cut_session("rates", RATES_OUTPUTS, frozenset(names), self._rates_input)
         try:
-            log_rates, rates = self._sessions["rates"].run(["log_rates", "rates"], {self._rates_input: patches})
+            values = session.run(names, {self._rates_input: patches})
         except Exception as exc:
             raise InferenceError(f"rates graph failed on {patches.shape} patches: {exc}") from None
-        return log_rates, rates
+        return dict(zip(names, values, strict=True))
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """Latents float32 (N, K) (rates or counts) -> model-space patches float32 (N, D)."""
@@ -448,7 +464,8 @@ class Engine:
             for outputs in output_sets:
                 self.run_frames(frames, outputs)
             self.run_preprocess(frames)
-        _, rates = self.run_patches(np.zeros((2, self.patch_dim), dtype=np.float32))
+        rates = self.run_patches(np.zeros((2, self.patch_dim), dtype=np.float32))["rates"]
+        self.run_patches(np.zeros((2, self.patch_dim), dtype=np.float32), ("rates",))
         self.decode(rates)
 
 

@@ -237,8 +237,8 @@ class Pipeline:
         elif isinstance(first, PatchJob):
             if len(jobs) != 1:
                 raise ValueError("a patch job is an inference call of its own")
-            log_rates, rates = self.engine.run_patches(first.patches)
-            result = InferredBatch(jobs, patch_outputs={"log_rates": log_rates, "rates": rates})
+            wanted = ("log_rates", "rates") if first.spec.needs_log_rates else ("rates",)
+            result = InferredBatch(jobs, patch_outputs=self.engine.run_patches(first.patches, wanted))
         else:
             frame_jobs = [job for job in jobs if isinstance(job, FrameJob)]
             if len(frame_jobs) != len(jobs) or len({job.key for job in frame_jobs}) != 1:

@@ -610,3 +610,10 @@ def test_frame_graph_cut_to_the_requested_outputs_gives_the_same_values(engine: 
             np.testing.assert_array_equal(cut.host[name], full.host[name], err_msg=name)
         assert engine._frame_session(outputs) is engine._frame_session(list(reversed(outputs)))
     assert engine._frame_session(FRAME_OUTPUTS) is engine._sessions["frame"]
+    patches = np.random.default_rng(4).standard_normal((30, engine.patch_dim)).astype(np.float32)
+    both = engine.run_patches(patches)
+    assert set(both) == {"log_rates", "rates"}
+    for outputs in (["rates"], ["log_rates"]):
+        cut = engine.run_patches(patches, outputs)
+        assert list(cut) == outputs
+        np.testing.assert_array_equal(cut[outputs[0]], both[outputs[0]])
