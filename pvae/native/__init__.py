@@ -25,13 +25,14 @@ __all__ = ["ABI", "ENV_SWITCH", "NativeUnavailable", "library", "library_path"]
 #: Environment switch: "0" disables the native kernels.
 ENV_SWITCH = "PVAE_NATIVE"
 #: The C library's interface version (pvae_native_abi); a stale build with another one is not used.
-ABI = 3
+ABI = 4
 _HERE = Path(__file__).resolve().parent
 _U64, _I64, _INT, _DOUBLE, _PTR = ctypes.c_uint64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
 #: name: (restype, argtypes) of every exported function.
 _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "pvae_native_abi": (_INT, []),
     "pvae_derive_key": (_U64, [_I64]),
+    "pvae_screen_exp": (_DOUBLE, [_DOUBLE]),
     "pvae_poisson": (_INT, [_PTR, _PTR, _U64, _I64, _INT, _PTR, _DOUBLE, _PTR]),
     "pvae_row_stats": (None, [_PTR, _U64, _U64, _PTR, _PTR, _PTR]),
     "pvae_sparse_events": (_U64, [_PTR, _U64, _U64, _PTR, _PTR, _PTR, _PTR, _PTR]),

@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define PVAE_NATIVE_ABI 3 /* pvae/native/__init__.py ABI: bump with any exported signature */
+#define PVAE_NATIVE_ABI 4 /* pvae/native/__init__.py ABI: bump with any exported signature */
 
 #define SWITCH_RATE 10.0
 #define MAX_RATE 1.0e6f
@@ -260,6 +260,10 @@ static void *run_job_thread(void *arg) {
 }
 
 int pvae_native_abi(void) { return PVAE_NATIVE_ABI; }
+
+/* The screen's exp on x in [-20, 0] (smaller x is clamped to -20): exported so that the tests can bound
+ * its error, on which the screen's margin rests. */
+double pvae_screen_exp(double x) { return exp_screen(x > -20.0 ? x : -20.0); }
 
 /*
  * counts[e] ~ Poisson(rates[e]) for e < n, drawn with the key of `seed` (pvae_derive_key), the
