@@ -7,6 +7,8 @@
 - ``unpack_floats``, ``unpack_sparse_counts``, ``unpack_dense_counts``: the exact inverses of
   ``pvae.serving.pack``'s packing, the oracle of the wire layouts pvae.proto documents.
 - ``wait_for``: wait until a condition holds (a deadline, not a sleep, bounds it).
+- ``poisson_chi_square``: Pearson's test of counts against Poisson(lambda) over merged bins, which the
+  sampler tests (graph and native) share.
 """
 
 from __future__ import annotations
@@ -110,3 +112,27 @@ def unpack_sparse_counts(packed: SparseCountsPacked, n_patches: int, n_latents: 
 def unpack_dense_counts(packed: DenseCountsPacked, n_patches: int, n_latents: int) -> np.ndarray:
     """Dense uint8 counts -> int32 (N, K) (saturated entries read 255)."""
     return np.frombuffer(packed.counts, dtype=np.uint8).astype(np.int32).reshape(n_patches, n_latents)
+
+
+#: Chi-square bins are merged until each expects at least this many counts.
+MIN_EXPECTED_PER_BIN = 5.0
+
+
+def poisson_chi_square(counts: np.ndarray, lam: float) -> tuple[list[int], np.ndarray, float]:
+    """(observed, expected, p-value) of Pearson's chi-square of ``counts`` against Poisson(``lam``), over
+    contiguous count ranges merged until each expects >= 5 (the last range is open); the expected counts
+    are normalised to the sample size, which removes the 1e-12 pmf truncation."""
+    from scipy import stats
+
+    n = counts.size
+    bins, lo, acc = [], 0, 0.0
+    for k in range(int(stats.poisson.ppf(1 - 1e-12, lam)) + 2):
+        acc += n * stats.poisson.pmf(k, lam)
+        if acc >= MIN_EXPECTED_PER_BIN and n * stats.poisson.sf(k, lam) >= MIN_EXPECTED_PER_BIN:
+            bins.append((lo, k))
+            lo, acc = k + 1, 0.0
+    observed = [int(np.sum((counts >= a) & (counts <= b))) for a, b in bins] + [int(np.sum(counts >= lo))]
+    expected = [n * (stats.poisson.cdf(b, lam) - stats.poisson.cdf(a - 1, lam)) for a, b in bins]
+    expected.append(n * stats.poisson.sf(lo - 1, lam))
+    expected_arr = np.array(expected) * n / np.sum(expected)
+    return observed, expected_arr, float(stats.chisquare(np.array(observed, dtype=np.float64), expected_arr).pvalue)

@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import pytest
+from helpers import poisson_chi_square
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("scipy")
@@ -189,19 +190,8 @@ def test_goodness_of_fit_at_a_million_draws(big_counts: np.ndarray, row: int) ->
     lam, counts = float(np.float32(BIG_RATES[row])), big_counts[row]
     n = counts.size
     assert abs(counts.mean() - lam) < Z_TOLERANCE * np.sqrt(lam / n)
-    top = int(stats.poisson.ppf(1 - 1e-12, lam)) + 1
-    edges, acc, lo = [], 0.0, 0
-    for k in range(top + 1):
-        acc += n * stats.poisson.pmf(k, lam)
-        if acc >= 5.0 and n * stats.poisson.sf(k, lam) >= 5.0:
-            edges.append((lo, k))
-            lo, acc = k + 1, 0.0
-    observed = [np.sum((counts >= a) & (counts <= b)) for a, b in edges] + [np.sum(counts >= lo)]
-    expected = [n * (stats.poisson.cdf(b, lam) - stats.poisson.cdf(a - 1, lam)) for a, b in edges]
-    expected.append(n * stats.poisson.sf(lo - 1, lam))
-    expected_arr = np.array(expected) * n / np.sum(expected)
-    result = stats.chisquare(np.array(observed, dtype=np.float64), expected_arr)
-    assert result.pvalue > MIN_P_VALUE, (lam, observed, expected_arr)
+    observed, expected, p_value = poisson_chi_square(counts, lam)
+    assert p_value > MIN_P_VALUE, (lam, observed, expected)
 
 
 def test_seeds_give_independent_counts(kernel: native_sampler.NativeSampler) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from helpers import poisson_chi_square
 from onnx import TensorProto, helper, numpy_helper
 
 pytest.importorskip("onnxruntime")  # the [cpu] or [gpu] extra
@@ -32,7 +33,6 @@ from pvae.export.sampler import (
 
 Z_TOLERANCE = 5.0  # tolerances are 5 standard errors
 MIN_P_VALUE = 1e-4  # goodness-of-fit threshold (fixed seeds: the test is deterministic)
-MIN_EXPECTED_PER_BIN = 5.0  # chi-square bins are merged until each expects >= 5 counts
 SAMPLES = 200_000  # samples per rate in the statistical tests
 
 # A linear P-VAE rate path with random weights, to append the sampler to: x (N, 256) @ W (256, K), then
@@ -235,35 +235,12 @@ def test_mean_and_variance_match_the_rate(stat_counts: np.ndarray, row: int) -> 
     assert abs(counts.var(ddof=1) - lam) < Z_TOLERANCE * var_se
 
 
-def _merged_bins(lam: float, n: int) -> list[tuple[int, int]]:
-    """Contiguous count ranges [lo, hi] (hi inclusive; the last is open) each expecting >= 5 counts."""
-    pmf_max = int(stats.poisson.ppf(1 - 1e-12, lam)) + 1
-    bins, lo, acc = [], 0, 0.0
-    for k in range(pmf_max + 1):
-        acc += n * stats.poisson.pmf(k, lam)
-        if acc >= MIN_EXPECTED_PER_BIN and n * stats.poisson.sf(k, lam) >= MIN_EXPECTED_PER_BIN:
-            bins.append((lo, k))
-            lo, acc = k + 1, 0.0
-    bins.append((lo, -1))
-    return bins
-
-
 @pytest.mark.parametrize("row", [0, 2, 4, 7, 8, 9, 11, 13, 14], ids=lambda r: str(STAT_RATES[r]))
 def test_chi_square_goodness_of_fit(stat_counts: np.ndarray, row: int) -> None:
     lam, counts = float(np.float32(STAT_RATES[row])), stat_counts[row]
-    n = counts.size
-    observed, expected = [], []
-    for lo, hi in _merged_bins(lam, n):
-        if hi < 0:
-            observed.append(np.sum(counts >= lo))
-            expected.append(n * stats.poisson.sf(lo - 1, lam))
-        else:
-            observed.append(np.sum((counts >= lo) & (counts <= hi)))
-            expected.append(n * (stats.poisson.cdf(hi, lam) - stats.poisson.cdf(lo - 1, lam)))
+    observed, expected, p_value = poisson_chi_square(counts, lam)
     assert len(observed) >= 2
-    expected_arr = np.array(expected) * n / np.sum(expected)  # normalise away the 1e-12 pmf truncation
-    result = stats.chisquare(np.array(observed, dtype=np.float64), expected_arr)
-    assert result.pvalue > MIN_P_VALUE, (lam, observed, expected_arr)
+    assert p_value > MIN_P_VALUE, (lam, observed, expected)
 
 
 def test_randomised_pit_is_uniform_across_rates(sampler: ort.InferenceSession) -> None:
@@ -310,18 +287,9 @@ def test_goodness_of_fit_at_a_million_draws(big_counts: np.ndarray, row: int) ->
     lam, counts = float(np.float32(BIG_RATES[row])), big_counts[row]
     n = counts.size
     assert abs(counts.mean() - lam) < Z_TOLERANCE * np.sqrt(lam / n)
-    observed, expected = [], []
-    for lo, hi in _merged_bins(lam, n):
-        if hi < 0:
-            observed.append(np.sum(counts >= lo))
-            expected.append(n * stats.poisson.sf(lo - 1, lam))
-        else:
-            observed.append(np.sum((counts >= lo) & (counts <= hi)))
-            expected.append(n * (stats.poisson.cdf(hi, lam) - stats.poisson.cdf(lo - 1, lam)))
+    observed, expected, p_value = poisson_chi_square(counts, lam)
     assert len(observed) >= 2
-    expected_arr = np.array(expected) * n / np.sum(expected)
-    result = stats.chisquare(np.array(observed, dtype=np.float64), expected_arr)
-    assert result.pvalue > MIN_P_VALUE, (lam, observed, expected_arr)
+    assert p_value > MIN_P_VALUE, (lam, observed, expected)
 
 
 @pytest.mark.parametrize("lam", TINY_RATES)
