@@ -208,11 +208,10 @@ class InProcessRunner:
                                   min_side=self.engine.min_frame_side)
         self.frames = frames
         self.config = config
-        self.last_times: list[StageTimes] = []
-        """The stage times of the frames of the last ``batch`` call."""
 
-    def batch(self, first: int, size: int) -> tuple[float, list[pb.StreamEncodeResponse]]:
-        """``size`` frames decoded, then run as one batch (what the server does for equal sizes)."""
+    def batch(self, first: int, size: int) -> tuple[float, list[pb.StreamEncodeResponse], list[StageTimes]]:
+        """``size`` frames decoded, then run as one batch (what the server does for equal sizes): the seconds,
+        the responses and each frame's stage times."""
         start = time.perf_counter()
         indices = range(first, first + size)
         jobs = []
@@ -222,13 +221,11 @@ class InProcessRunner:
             job.times.decode = time.perf_counter() - decode_start
             jobs.append(job)
         responses = []
-        self.last_times = []
         for i, result in zip(indices, self.pipeline.process(jobs), strict=True):
             response = pb.StreamEncodeResponse(sequence=i)
             fill_result(response.result, result, time.perf_counter() - start)
             responses.append(response)
-            self.last_times.append(result.times)
-        return time.perf_counter() - start, responses
+        return time.perf_counter() - start, responses, [job.times for job in jobs]
 
     def run(self, figures: RunFigures, frames: int, batch: int = 1) -> None:
         """One round: ``frames`` frames, ``batch`` at a time."""
@@ -236,8 +233,8 @@ class InProcessRunner:
         started = time.perf_counter()
         for first in range(0, frames, batch):
             size = min(batch, frames - first)
-            latency, responses = self.batch(first, size)
-            for times in self.last_times:
+            latency, responses, stage_times = self.batch(first, size)
+            for times in stage_times:
                 for stage in STAGES:
                     figures.stages.setdefault(stage, []).append(getattr(times, stage))
             for i, response in zip(range(first, first + size), responses, strict=True):

@@ -255,14 +255,14 @@ class Engine:
         self.patch_shape = (int(patch_shape[0]), int(patch_shape[-1]))
         frame_path = bundle.graph_path("frame")
         try:
-            self._frame_model = onnx.load(str(frame_path))
-            preprocess = preprocess_model(self._frame_model, self.patch_shape, self._frame_input)
+            frame_model = onnx.load(str(frame_path))
+            preprocess = preprocess_model(frame_model, self.patch_shape, self._frame_input)
         except (OSError, ValueError, onnx.checker.ValidationError) as exc:
             raise BundleError(f"{frame_path}: cannot cut the preprocessing graph out of it: {exc}") from None
         self._sessions["preprocess"] = self._session(frame_path, preprocess.SerializeToString())
         # ONNX Runtime runs every node of a graph whatever is fetched, so a request that wants fewer outputs
         # gets a session of the frame graph cut down to them (same nodes, same kernels: the same values).
-        self._graph_models = {"frame": self._frame_model}
+        self._graph_models = {"frame": frame_model}
         self._cut_sessions: dict[tuple[str, frozenset[str]], Any] = {
             ("frame", frozenset(FRAME_OUTPUTS)): self._sessions["frame"],
             ("rates", frozenset(RATES_OUTPUTS)): self._sessions["rates"]}
