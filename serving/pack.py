@@ -122,7 +122,7 @@ def rice_encode(values: np.ndarray) -> RiceCodesPacked:
     """int (N, K) values >= 0 -> Rice codes with the cheapest parameter per column (vectorised)."""
     values = np.asarray(values)
     packer = native_packer()
-    if packer is not None and values.ndim == 2 and (not values.size or int(values.max()) < 1 << 31):
+    if packer is not None and values.dtype == np.int32 and values.ndim == 2:  # counts and rate-code deltas
         streams = packer.rice(values)
         return RiceCodesPacked(streams.parameters.tobytes(), streams.quotients, streams.remainders)
     if values.size and int(values.max()) >= 1 << 31:
