@@ -234,6 +234,7 @@ def _graph_section(
     rounds: int,
     round_seconds: float,
     say: Callable[[str], None],
+    kernel: native.NativeSampler | None,
 ) -> list[tuple[int, dict[str, Timing]]]:
     """Time every graph of GRAPH_TARGETS and its baseline in alternating rounds, per thread count."""
     import cv2
@@ -241,14 +242,13 @@ def _graph_section(
     import onnx.utils
 
     patch = math.isqrt(patches.shape[1])
-    pre_bytes = preprocess_model(onnx.load_from_string(graphs["frame"]), (patch, patch)).SerializeToString()
+    frame_model = onnx.load_from_string(graphs["frame"])
+    pre_bytes = preprocess_model(frame_model, (patch, patch)).SerializeToString()
     baseline_bytes = _matmul_exp_model(patches.shape[1], n_latents)
     # What pvae-serve runs for a request of counts and stats: the frame graph cut down to its rates.
-    frame_rates_bytes = onnx.utils.Extractor(onnx.load_from_string(graphs["frame"])).extract_model(
-        ["frames"], ["rates"]).SerializeToString()
+    frame_rates_bytes = onnx.utils.Extractor(frame_model).extract_model(["frames"], ["rates"]).SerializeToString()
     opencv = opencv_preprocess(cfg) if cfg is not None else None
     seeds = iter(range(1, 1 << 62))
-    kernel = _native_sampler(say)
     results = []
     for threads in thread_counts:
         cv2.setNumThreads(threads)
@@ -409,9 +409,10 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     spikes = sampler_session.run(None, {"rates": real_rates, "seed": np.asarray(1, np.int64)})[0]
     thread_counts = (args.threads,) if args.threads is not None else GRAPH_THREADS
+    kernel = _native_sampler(say)
     graph_results = _graph_section(
         graph_bytes, cfg, frame, vga_patches, ckpt.model_config.n_latents, thread_counts, args.rounds,
-        args.round_seconds, say,
+        args.round_seconds, say, kernel,
     )
 
     print()
@@ -434,7 +435,6 @@ def _main(argv: Sequence[str] | None) -> int:
         f"{'stress, every rate = 200':>28}  {timings['sampler_stress'].seconds * 1e3:>8.2f}  "
         f"{timings['sampler_stress'].seconds / rate_time:>20.2f}x"
     )
-    kernel = _native_sampler(say)
     if kernel is not None:
         draw = kernel.draw(real_rates, 1)
         same = np.array_equal(draw.counts, spikes)
