@@ -9,7 +9,7 @@ frame, not the camera picture, so that is what sits beside the reconstruction.
 - spike counts: total spikes per patch, one P x P block per patch, inferno colour map on a log
   scale whose top follows the recent maximum (so the colours do not flicker frame to frame).
 
-Model-space images travel as uint8 ``clip(round(128 + 32 v), 0, 255)``. With ``stretch`` both
+Model-space images travel as uint8 ``clip(round(32 v) + 128, 0, 255)``. With ``stretch`` both
 model-space panels are shown with one shared gain that maps the 99th percentile of |v| in the model
 input to full scale, so a faint reconstruction is visible without favouring either panel.
 

@@ -274,7 +274,7 @@ def export_bundle(
             "display": {
                 "offset": DISPLAY_OFFSET,
                 "scale": DISPLAY_SCALE,
-                "formula": "u8 = clip(round(offset + scale * x), 0, 255), round half to even",
+                "formula": "u8 = clip(round(scale * x) + offset, 0, 255), round half to even (ONNX QuantizeLinear)",
             },
             "graphs": {name: _graph_spec(staging / file).to_dict() for name, file in graph_files.items()},
             "torchscript": {name: {"file": file} for name, file in ts_files.items()},

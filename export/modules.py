@@ -60,7 +60,9 @@ __all__ = [
 ]
 
 #: uint8 display mapping of model-space images (z-scored, so mostly within +-4):
-#: u8 = clip(round(DISPLAY_OFFSET + DISPLAY_SCALE * x), 0, 255). Stored in the manifest "display".
+#: u8 = clip(round(DISPLAY_SCALE * x) + DISPLAY_OFFSET, 0, 255). Stored in the manifest "display". The scale is
+#: a power of two and the offset an even integer, so this is ONNX QuantizeLinear(x, 1 / scale, offset) exactly
+#: (the exporter writes it as that one op).
 DISPLAY_OFFSET = 128.0
 DISPLAY_SCALE = 32.0
 #: Encoder and decoder kinds (ModelConfig.arch) that export; every kind the model offers today.
@@ -69,10 +71,11 @@ SUPPORTED_DECODERS = ("lin", "conv")
 
 
 def to_display_u8(x: Tensor, offset: float = DISPLAY_OFFSET, scale: float = DISPLAY_SCALE) -> Tensor:
-    """The fixed display mapping clip(round(128 + 32 x), 0, 255) as uint8 (round half to even,
-    as torch.round and ONNX Round both do). Constants are arguments: TorchScript cannot read
+    """The fixed display mapping clip(round(32 x) + 128, 0, 255) as uint8 (round half to even, as
+    torch.round and ONNX QuantizeLinear both do; 32 x is exact, so this equals round(32 x + 128)
+    except where that sum itself rounds). Constants are arguments: TorchScript cannot read
     module-level floats."""
-    return torch.clamp(torch.round(x * scale + offset), 0.0, 255.0).to(torch.uint8)
+    return torch.clamp(torch.round(x * scale) + offset, 0.0, 255.0).to(torch.uint8)
 
 
 # ----------------------------------------------------------------------------- frame policy
@@ -210,7 +213,8 @@ class FramePreprocess(nn.Module):
         whiten = whitening_kernel(config.whiten_f0, config.whiten_size) if config else np.zeros((1, 1))
         profile = gaussian_profile(config.lcn_size, config.lcn_sigma) if config else np.ones(1)
         p, q = self.whiten_phases, self.lcn_phases
-        self.register_buffer("whiten_weight", polyphase_kernel(whiten, p, p))  # (p*p, 1, kw + p - 1, kw + p - 1)
+        # (p*p, 1, kw + p - 1, kw + p - 1), scaled by 1 / 255: forward feeds it pixels in [0, 255]
+        self.register_buffer("whiten_weight", polyphase_kernel(whiten / UINT8_MAX, p, p))
         self.register_buffer("lcn_row_weight", polyphase_kernel(profile[None, :], 1, q))  # (q, 1, 1, kl + q - 1)
         self.register_buffer("lcn_column_weight", _vertical_kernel(profile, q))  # (q, 1, kl, 1)
         # Explicit zero biases: without one the exporter derives the bias from the input (CastLike), and
@@ -229,7 +233,9 @@ class FramePreprocess(nn.Module):
         pad, phases = self.whiten_pad, self.whiten_phases
         extra_h = (phases - height % phases) % phases  # zeros below and right: whole blocks
         extra_w = (phases - width % phases) % phases
-        padded = F.pad(F.pad(x, [pad, pad, pad, pad], mode="reflect"), [0, extra_w, 0, extra_h])
+        # One reflect Pad, which also fills the bottom/right up to whole blocks: the extra rows and columns
+        # (at most phases - 1, so pad + extra < min_side) only reach outputs that the crop below removes.
+        padded = F.pad(x, [pad, pad + extra_w, pad, pad + extra_h], mode="reflect")
         blocks = F.conv2d(padded, self.whiten_weight, self.whiten_bias, stride=(phases, phases))  # (B, p*p, ., .)
         return F.pixel_shuffle(blocks, phases)[:, :, :height, :width]  # channel a*p + b -> offset (a, b)
 
@@ -246,12 +252,12 @@ class FramePreprocess(nn.Module):
         return out[:, :, :, :width]
 
     def forward(self, frames: Tensor) -> Tensor:
-        x = frames.to(torch.float32).unsqueeze(1) / self.pixel_scale  # (B, 1, H, W) in [0, 1]
+        x = frames.to(torch.float32).unsqueeze(1)  # (B, 1, H, W) in [0, 255]
         if not self.enabled:
-            return x[:, 0]
+            return x.squeeze(1) / self.pixel_scale
         # 0. centre (the whitening kernel has zero DC gain: this only removes float32 cancellation)
         x = x - x.mean(dim=(2, 3), keepdim=True)
-        # 1. whitening
+        # 1. whitening; the 1 / 255 of the [0, 1] pixel scale is folded into whiten_weight (linear)
         x = self._whiten(x)  # (B, 1, H, W)
         # 2. local contrast normalisation: centre by the local mean, divide by max(local std, its mean)
         local_mean = self._smooth(x)
@@ -263,8 +269,9 @@ class FramePreprocess(nn.Module):
         # 3. per-frame z-score (std with ddof=0), the divisor floored at zscore_floor
         x = x - x.mean(dim=(2, 3), keepdim=True)
         std = torch.sqrt((x * x).mean(dim=(2, 3), keepdim=True))  # (B, 1, 1, 1)
-        x = x / (torch.clamp(std, min=self.zscore_floor) + self.zscore_epsilon)
-        return x[:, 0]  # (B, H, W)
+        # squeezed before the division, so the division writes the (B, H, W) output itself (a Squeeze
+        # of an output would be a copy)
+        return x.squeeze(1) / (torch.clamp(std, min=self.zscore_floor) + self.zscore_epsilon).squeeze(1)
 
 
 #: The rate path clamps -u (u: the encoder output) at this before Exp, so that e**-u stays finite.
@@ -352,11 +359,18 @@ class RatePath(nn.Module):
         rate = self.rate_scale / shifted  # exp(log lambda)
         return torch.log(rate), rate + self.rate_floor
 
+    def neg_encoding(self, x: Tensor) -> Tensor:
+        """-u for patches (..., D) -> (..., K). The linear encoder (its sign folded into its weight) keeps
+        the leading axes as they are, so the frame path's (B, R*C, D) patches need no reshape copy;
+        other encoders see (N, D) rows."""
+        if self.linear:
+            return torch.matmul(x, self.neg_weight_t)
+        rows = -self.encoder(x.reshape(-1, self.input_dim)).float()  # (N, K)
+        return rows.reshape(x.shape[:-1] + rows.shape[-1:])
+
     def forward(self, patches: Tensor) -> tuple[Tensor, Tensor]:
         x = patches.reshape(patches.shape[0], self.input_dim)  # (N, D)
-        # (N, K); the linear encoder's sign is folded into its weight
-        neg_u = torch.matmul(x, self.neg_weight_t) if self.linear else -self.encoder(x).float()
-        return self.rates_from_neg_encoding(neg_u)
+        return self.rates_from_neg_encoding(self.neg_encoding(x))  # (N, K) each
 
 
 class DecoderPath(nn.Module):
@@ -366,14 +380,23 @@ class DecoderPath(nn.Module):
     """
 
     input_dim: int
+    linear: bool
 
     def __init__(self, decoder: nn.Module, input_dim: int) -> None:
         super().__init__()
         self.decoder = decoder
         self.input_dim = input_dim
+        self.linear = isinstance(decoder, nn.Linear)
 
     def forward(self, latents: Tensor) -> Tensor:
         return self.decoder(latents).reshape(latents.shape[0], self.input_dim)  # (N, D)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """latents (..., K) -> (..., D). A linear decoder keeps the leading axes (no reshape copy)."""
+        if self.linear:
+            return self.decoder(latents)
+        rows = self.decoder(latents.reshape(-1, latents.shape[-1])).reshape(-1, self.input_dim)  # (N, D)
+        return rows.reshape(latents.shape[:-1] + rows.shape[-1:])
 
 
 class FramePath(nn.Module):
@@ -415,19 +438,19 @@ class FramePath(nn.Module):
         padded = F.pad(preprocessed.unsqueeze(1), [0, pad_right, 0, pad_bottom], mode="reflect")
         rows = (height + pad_bottom) // ph
         cols = (width + pad_right) // pw
-        # Tile: (B, 1, R*ph, C*pw) -> (B, R, ph, C, pw) -> (B, R, C, ph, pw) -> (B*R*C, ph*pw).
+        # Tile: (B, 1, R*ph, C*pw) -> (B, R, ph, C, pw) -> (B, R, C, ph, pw) -> (B, R*C, ph*pw). The rate path
+        # and decoder keep these three axes, so the outputs need no reshape (each would be a copy).
         patches = padded.reshape(batch, rows, ph, cols, pw).permute(0, 1, 3, 2, 4)
-        patches = patches.reshape(batch * rows * cols, ph * pw)
-        log_rates, rates = self.rate_path(patches)  # (B*R*C, K) each
-        decoded = self.decoder_path(rates)  # (B*R*C, ph*pw): the mean reconstruction
+        patches = patches.reshape(batch, rows * cols, ph * pw)
+        log_rates, rates = self.rate_path.rates_from_neg_encoding(self.rate_path.neg_encoding(patches))
+        decoded = self.decoder_path.decode(rates)  # (B, R*C, ph*pw): the mean reconstruction
         # Untile: the inverse permutation, then crop the pad away.
         canvas = decoded.reshape(batch, rows, cols, ph, pw).permute(0, 1, 3, 2, 4)
         reconstruction = canvas.reshape(batch, rows * ph, cols * pw)[:, :height, :width]
-        n_latents = log_rates.shape[1]
         return (
             preprocessed,
-            log_rates.reshape(batch, rows * cols, n_latents),
-            rates.reshape(batch, rows * cols, n_latents),
+            log_rates,  # (B, R*C, K)
+            rates,
             reconstruction,
             to_display_u8(preprocessed, self.display_offset, self.display_scale),
             to_display_u8(reconstruction, self.display_offset, self.display_scale),

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from pvae.errors import ConfigError
+from pvae.export.graph_passes import optimise
 from pvae.export.modules import DecoderPath, ExportPaths, FramePath, RatePath
 
 __all__ = [
@@ -242,6 +243,7 @@ def export_graphs(paths: ExportPaths, opset: int = DEFAULT_OPSET, fp16: bool = F
         for tensor in (*io.inputs, *io.outputs):
             _rename_value(part.graph, f"{name}.{tensor}", tensor)
         _name_dims(part, DYNAMIC_DIMS[name])
+        optimise(part.graph)  # exact rewrites ONNX Runtime does not make (export/graph_passes.py)
         part.graph.name = f"pvae_{name}"
         part.producer_name = "pvae-export"
         part.ir_version = full.ir_version

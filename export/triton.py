@@ -106,7 +106,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "pvae_decoder": {
         "description": "latents (spike counts or rates) -> patches in model space (the mean reconstruction)",
         "input.latents": "float32 [N, K]: spike counts or rates",
-        "output.patches": "float32 [N, D]: model-space patches; display as clip(round(128 + 32 x), 0, 255)",
+        "output.patches": "float32 [N, D]: model-space patches; display as clip(round(32 x) + 128, 0, 255)",
     },
     "pvae_frame": {
         "description": "uint8 gray frames -> per-patch rates and the mean reconstruction (preprocessing inside)",
@@ -117,8 +117,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
                             "row-major (patch r*C + c)",
         "output.rates": "float32 [B, R*C, K]: Poisson firing rates, patches row-major",
         "output.reconstruction": "float32 [B, H, W]: the mean reconstruction, model space",
-        "output.preprocessed_u8": "uint8 [B, H, W]: clip(round(128 + 32 x), 0, 255) of preprocessed",
-        "output.reconstruction_u8": "uint8 [B, H, W]: clip(round(128 + 32 x), 0, 255) of reconstruction",
+        "output.preprocessed_u8": "uint8 [B, H, W]: clip(round(32 x) + 128, 0, 255) of preprocessed",
+        "output.reconstruction_u8": "uint8 [B, H, W]: clip(round(32 x) + 128, 0, 255) of reconstruction",
     },
     "pvae_sampler": {
         "description": "rates and a seed -> exact Poisson spike counts (counter-based, the same on every device)",

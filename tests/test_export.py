@@ -245,12 +245,25 @@ def test_frame_graph_follows_the_pad_policy(
     expected = decoded.reshape(batch, rows * 16, cols * 16)[:, :height, :width]
     assert np.abs(recon - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
     # uint8 views: the manifest's display mapping of the float outputs, exactly
-    assert np.array_equal(pre_u8, np.clip(np.round(128 + 32 * preprocessed), 0, 255).astype(np.uint8))
-    assert np.abs(recon_u8.astype(int) - np.clip(np.round(128 + 32 * expected), 0, 255)).max() <= 1
+    assert np.array_equal(pre_u8, np.clip(np.round(32 * preprocessed) + 128, 0, 255).astype(np.uint8))
+    assert np.abs(recon_u8.astype(int) - np.clip(np.round(32 * expected) + 128, 0, 255)).max() <= 1
     # TorchScript frame path: same outputs
     ts_outs = load_scripted(bundle_dir / "frame.ts")(torch.as_tensor(frames))
     assert np.abs(ts_outs[0].numpy() - reference).max() <= PREPROCESS_TOL
     assert np.abs(ts_outs[1].numpy() - log_rates).max() <= 10 * LOG_RATE_TOL
+
+
+def test_frame_graph_writes_each_output_once(bundle_dir: Path) -> None:
+    """The exported frame graph carries export/graph_passes.py's rewrites: the uint8 views are one
+    QuantizeLinear each, no crop is two Slices in a row, and no output is a Reshape/Squeeze copy."""
+    graph = onnx.load(str(bundle_dir / "frame.onnx")).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("QuantizeLinear") == 2 and "Round" not in ops
+    producer = {out: node for node in graph.node for out in node.output}
+    slices = [node for node in graph.node if node.op_type == "Slice"]
+    assert slices and not any(producer.get(node.input[0], node).op_type == "Slice" for node in slices)
+    copies = {"Reshape", "Squeeze", "Unsqueeze", "Identity"}
+    assert not [value.name for value in graph.output if producer[value.name].op_type in copies]
 
 
 def test_benchmark_baseline_is_the_training_preprocessing(model_and_cfg: tuple[VAE, PatchConfig]) -> None:
