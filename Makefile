@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.pvae-installed
 RUNS ?= runs
 
-.PHONY: setup demo test lint typecheck pytest bench-tests model escape-study report-quick report-cpu bench-train bench-oip gpu-check \
+.PHONY: setup demo test lint typecheck pytest bench-tests model bundle escape-study report-quick report-cpu bench-train bench-oip gpu-check \
 	clean
 
 $(STAMP): pyproject.toml setup.py scripts/setup.sh $(wildcard pvae/native/*.c)
@@ -42,11 +42,15 @@ bench-tests: setup
 model: setup
 	$(BIN)/pvae-train --preset default-model --device auto --out $(RUNS)/default-model --overwrite
 	$(BIN)/python -m pvae.training.checkpoint slim $(RUNS)/default-model/best.pt pvae/models/default.pt
-	rm -rf pvae/models/default_bundle
-	$(BIN)/pvae-export pvae/models/default.pt -o pvae/models/default_bundle --formats onnx
+	$(MAKE) bundle
 	$(BIN)/pvae-eval pvae/models/default.pt --photos --gabor --json --device cpu --out docs/default-model-eval.json
 	cp $(RUNS)/default-model/basis.png docs/default-model-basis.png
 	cp $(RUNS)/default-model/curves.png docs/default-model-curves.png
+
+## bundle: re-export the shipped ONNX bundle from the shipped checkpoint (after an exporter change).
+bundle: setup
+	rm -rf pvae/models/default_bundle
+	$(BIN)/pvae-export pvae/models/default.pt -o pvae/models/default_bundle --formats onnx
 
 ## escape-study: does the paper's own prior init leave its starting prior under the paper-era recipe, and
 ## when? The first 150 epochs of `paper-patches` (mc, CPU: ~40 min) beside the default-model run, in one figure.
