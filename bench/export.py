@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pvae.bench.host import OPENCV_REFERENCE_MS, opencv_preprocess
 from pvae.bundle import load_bundle
 from pvae.cli import run_cli
 from pvae.errors import ConfigError
@@ -68,14 +69,7 @@ from pvae.native import NativeUnavailable
 from pvae.native import sampler as native
 from pvae.preprocess_graph import preprocess_model
 from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
-from pvae.training.data import (
-    LCN_EPSILON,
-    UINT8_MAX,
-    ZSCORE_EPSILON,
-    PatchConfig,
-    gaussian_kernel,
-    whitening_kernel,
-)
+from pvae.training.data import PatchConfig
 
 __all__ = ["GraphTarget", "Timing", "main", "measure_pair", "opencv_preprocess"]
 
@@ -188,8 +182,6 @@ class GraphTarget:
 
 
 #: The targets of the graph section (docs/benchmarks.md), in the order they are printed.
-#: OpenCV's time for the VGA preprocessing on the 2-core machine where the 5 ms / 8 ms targets were set.
-OPENCV_REFERENCE_MS = 4.4
 GRAPH_TARGETS = (
     GraphTarget("preprocess", "opencv", max_ms=5.0, reference_ms=OPENCV_REFERENCE_MS),
     GraphTarget("frame", "opencv", max_ms=8.0, reference_ms=OPENCV_REFERENCE_MS),
@@ -199,31 +191,6 @@ GRAPH_TARGETS = (
     GraphTarget("native_real", "rates", max_ratio=1.0),
     GraphTarget("native_stress", "rates"),
 )
-
-
-def opencv_preprocess(cfg: PatchConfig) -> Callable[[np.ndarray], np.ndarray]:
-    """``preprocess_image`` with OpenCV in float32 (the baseline of the preprocessing graph): the same
-    15x15 whitening correlation (``filter2D``), the two 13x13 Gaussians (``sepFilter2D``), LCN and
-    z-score, reflect-101 borders."""
-    import cv2
-
-    whiten = whitening_kernel(cfg.whiten_f0, cfg.whiten_size).astype(np.float32)
-    window = gaussian_kernel(cfg.lcn_size, cfg.lcn_sigma)
-    profile = (window.sum(axis=1) / window.sum()).astype(np.float32)
-    border = cv2.BORDER_REFLECT_101
-
-    def run(frame: np.ndarray) -> np.ndarray:
-        scaled = frame.astype(np.float32) * np.float32(1.0 / UINT8_MAX)
-        whitened = cv2.filter2D(scaled - scaled.mean(), cv2.CV_32F, whiten, borderType=border)
-        centred = whitened - cv2.sepFilter2D(whitened, cv2.CV_32F, profile, profile, borderType=border)
-        local_var = cv2.sepFilter2D(centred * centred, cv2.CV_32F, profile, profile, borderType=border)
-        local_std = np.sqrt(np.maximum(local_var, 0.0))
-        x = centred / (np.maximum(local_std, local_std.mean()) + np.float32(LCN_EPSILON))
-        x = x - x.mean()
-        scale = np.float32(max(float(np.sqrt(np.mean(x * x))), cfg.zscore_floor) + ZSCORE_EPSILON)
-        return np.asarray(x / scale, dtype=np.float32)
-
-    return run
 
 
 def _matmul_exp_model(input_dim: int, n_latents: int) -> bytes:

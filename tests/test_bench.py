@@ -177,3 +177,26 @@ def test_realtime_targets_are_judged_with_their_figures() -> None:
     slow = realtime_lines([{**rows[0], "p50_ms": 30.1}])
     assert slow[0].startswith("1 stream >= 50 fps with p50 <= 30 ms: MISSED")
     assert slow[1].endswith("met (0.700 MB)")
+
+
+def test_realtime_targets_are_judged_again_at_the_reference_speed() -> None:
+    from pvae.bench.serve import realtime_lines
+
+    rows = [{"name": "1 stream", "fps": 40.0, "p50_ms": 36.0, "round_trip_bytes": 700_000},
+            {"name": "4 streams", "fps": 45.0, "p50_ms": 90.0, "round_trip_bytes": 700_000}]
+    lines = realtime_lines(rows, host_factor=1.25)  # this host takes 1.25x the reference machine's time
+    assert lines[0] == "1 stream >= 50 fps with p50 <= 30 ms: MISSED (40.0 fps, p50 36.0 ms)"
+    assert lines[1] == "1 stream >= 50 fps with p50 <= 30 ms at the reference speed: met (50.0 fps, p50 28.8 ms)"
+    assert lines[2] == "4 streams >= 60 fps in total: MISSED (45.0 fps)"
+    assert lines[3] == "4 streams >= 60 fps in total at the reference speed: MISSED (56.2 fps)"
+    assert len(realtime_lines(rows)) == 3  # without a factor: one verdict per target
+
+
+def test_host_speed_times_the_opencv_preprocessing() -> None:
+    from pvae.bench.host import OPENCV_REFERENCE_MS, HostSpeed, host_speed
+    from pvae.training.data import PatchConfig
+
+    speed = host_speed(PatchConfig(), calls=3)
+    assert speed.opencv_ms > 0 and speed.factor == speed.opencv_ms / OPENCV_REFERENCE_MS
+    assert HostSpeed(8.8).factor == pytest.approx(2.0)
+    assert "8.80 ms here, 4.4 ms" in HostSpeed(8.8).describe()
