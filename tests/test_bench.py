@@ -200,3 +200,21 @@ def test_host_speed_times_the_opencv_preprocessing() -> None:
     assert speed.opencv_ms > 0 and speed.factor == speed.opencv_ms / OPENCV_REFERENCE_MS
     assert HostSpeed(8.8).factor == pytest.approx(2.0)
     assert "8.80 ms here, 4.4 ms" in HostSpeed(8.8).describe()
+
+
+def test_bench_export_compares_two_bundles_in_the_same_rounds(capsys: pytest.CaptureFixture[str]) -> None:
+    """pvae-bench-export --against: both bundles' graphs are timed and compared; the absolute targets are
+    judged as measured and at the reference speed (no timing is asserted: one tiny round each)."""
+    from pvae.bench.export import main as bench_export
+    from pvae.serving.source import resolve_bundle
+
+    bundle = str(resolve_bundle(None).root)
+    argv = ["--bundle", bundle, "--against", bundle, "--batches", "1", "--rounds", "1", "--round-seconds", "0.01",
+            "--threads", "1"]
+    assert bench_export(argv) == 0
+    out = capsys.readouterr().out
+    frame_row = next(line for line in out.splitlines() if line.split()[:2] == ["1", "frame"])
+    assert "<= 8 ms: " in frame_row and "at the reference speed (opencv 4.4 ms)" in frame_row
+    section = out.split("this bundle vs --against", 1)[1].splitlines()[2:]
+    assert [row.split()[1] for row in section] == ["preprocess", "frame", "rates"]
+    assert all(float(row.split()[-1].rstrip("x")) > 0 for row in section)
