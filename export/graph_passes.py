@@ -77,7 +77,8 @@ def fuse_display_quantize(graph: onnx.GraphProto) -> int:
     values = _constants(graph)
     producer = {out: node for node in graph.node for out in node.output}
     # CastLike's second input only lends its type: the exporter casts the Clip bounds "like" the clipped
-    # value. Such a use is counted against the CastLike's own output instead (see _type_only_uses_ok).
+    # value. Such a use is not counted here; instead such a CastLike must feed only the chain's Clip
+    # (the "lenders" check below), and it is removed with the chain as dead code.
     uses = Counter(
         name for node in graph.node for i, name in enumerate(node.input) if not (node.op_type == "CastLike" and i == 1)
     )
@@ -137,31 +138,30 @@ def fuse_display_quantize(graph: onnx.GraphProto) -> int:
         removed.update(id(node) for node in chain)
     if not replacements:
         return 0
-    gone = {node.output[0] for node in graph.node if id(node) in removed}
-    kept = [replacements.get(id(node), node) for node in graph.node if id(node) not in removed]
-    del graph.node[:]
-    graph.node.extend(kept)
-    value_info = [value for value in graph.value_info if value.name not in gone]
-    del graph.value_info[:]
-    graph.value_info.extend(value_info)
-    _drop_dead_nodes(graph)
+    _replace_nodes(graph, [replacements.get(id(node), node) for node in graph.node if id(node) not in removed])
     return len(replacements)
 
 
-def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
-    """Remove nodes none of whose outputs is read (ONNX nodes have no side effects), then unread
-    initializers, until nothing changes."""
+def _replace_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Make ``nodes`` the graph's nodes, then drop what is dead: nodes none of whose outputs is read
+    (ONNX nodes have no side effects), unread initializers, and value_info of tensors no node makes."""
     while True:
-        used = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
-        kept = [node for node in graph.node if any(out in used for out in node.output)]
-        if len(kept) == len(graph.node):
+        used = {name for node in nodes for name in node.input} | {value.name for value in graph.output}
+        live = [node for node in nodes if any(out in used for out in node.output)]
+        if len(live) == len(nodes):
             break
-        del graph.node[:]
-        graph.node.extend(kept)
+        nodes = live
+    del graph.node[:]
+    graph.node.extend(nodes)
     initializers = [init for init in graph.initializer if init.name in used]
     if len(initializers) != len(graph.initializer):
         del graph.initializer[:]
         graph.initializer.extend(initializers)
+    made = {out for node in nodes for out in node.output}
+    value_info = [value for value in graph.value_info if value.name in made]
+    if len(value_info) != len(graph.value_info):
+        del graph.value_info[:]
+        graph.value_info.extend(value_info)
 
 
 def merge_slices(graph: onnx.GraphProto) -> int:
@@ -172,10 +172,9 @@ def merge_slices(graph: onnx.GraphProto) -> int:
     producer = {out: node for node in graph.node for out in node.output}
     uses = Counter(name for node in graph.node for name in node.input)
     uses.update(value.name for value in graph.output)
-    merged = 0
-    nodes = list(graph.node)
     drop: set[int] = set()
-    for outer in nodes:
+    before: dict[int, list[onnx.NodeProto]] = {}  # Concat nodes to insert before each merged Slice
+    for outer in graph.node:
         if outer.op_type != "Slice" or len(outer.input) != 5:
             continue
         inner = producer.get(outer.input[0])
@@ -195,15 +194,12 @@ def merge_slices(graph: onnx.GraphProto) -> int:
         if (both < 0).any() or len(set(both.tolist())) != both.size:
             continue
         tag = outer.output[0]
-        joined = []
-        for position, what in ((1, "starts"), (2, "ends")):
-            name = f"{tag}_{what}"
-            nodes.insert(
-                nodes.index(outer),
-                helper.make_node("Concat", [inner.input[position], outer.input[position]], [name], axis=0,
-                                 name=f"{outer.name or tag}_{what}"),
-            )
-            joined.append(name)
+        concats = [
+            helper.make_node("Concat", [inner.input[position], outer.input[position]], [f"{tag}_{what}"], axis=0,
+                             name=f"{outer.name or tag}_{what}")
+            for position, what in ((1, "starts"), (2, "ends"))
+        ]
+        before[id(outer)] = concats
         axes_name, steps_name = f"{tag}_axes", f"{tag}_steps"
         graph.initializer.extend(
             [
@@ -212,16 +208,13 @@ def merge_slices(graph: onnx.GraphProto) -> int:
             ]
         )
         outer.input[0] = inner.input[0]
-        outer.input[1], outer.input[2] = joined
+        outer.input[1], outer.input[2] = (concat.output[0] for concat in concats)
         outer.input[3], outer.input[4] = axes_name, steps_name
         drop.add(id(inner))
-        merged += 1
-    if merged:
-        kept = [node for node in nodes if id(node) not in drop]
-        del graph.node[:]
-        graph.node.extend(kept)
-        _drop_dead_nodes(graph)
-    return merged
+    if before:
+        nodes = [new for node in graph.node if id(node) not in drop for new in (*before.get(id(node), []), node)]
+        _replace_nodes(graph, nodes)
+    return len(before)
 
 
 def optimise(graph: onnx.GraphProto) -> dict[str, int]:
