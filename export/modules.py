@@ -118,10 +118,11 @@ class FramePolicy:
 def frame_policy(patch_shape: tuple[int, int], preprocessing: PatchConfig | None) -> FramePolicy:
     """The frame policy of a model with this patch shape and preprocessing."""
     # A reflect pad of p needs a side > p. The grid pad is at most patch side - 1, so a side of at
-    # least one patch satisfies it; the whitening and LCN kernels pad by their half-widths.
+    # least one patch satisfies it; the LCN kernel pads by its half-width, the whitening by its
+    # half-width plus up to WHITEN_PHASES - 1 more to fill its last block (FramePreprocess._whiten).
     min_side = max(patch_shape)
     if preprocessing is not None:
-        min_side = max(min_side, preprocessing.whiten_size // 2 + 1, preprocessing.lcn_size // 2 + 1)
+        min_side = max(min_side, preprocessing.whiten_size // 2 + WHITEN_PHASES, preprocessing.lcn_size // 2 + 1)
     return FramePolicy(tuple(patch_shape), min_side, preprocessing is not None)  # type: ignore[arg-type]
 
 
