@@ -232,7 +232,7 @@ class FramePreprocess(nn.Module):
         """Correlate (B, 1, H, W) with the whitening kernel, reflect-101 border; 4 x 4 polyphase."""
         height, width = x.shape[2], x.shape[3]
         pad, phases = self.whiten_pad, self.whiten_phases
-        extra_h = (phases - height % phases) % phases  # zeros below and right: whole blocks
+        extra_h = (phases - height % phases) % phases  # rows and columns to whole blocks
         extra_w = (phases - width % phases) % phases
         # One reflect Pad, which also fills the bottom/right up to whole blocks: the extra rows and columns
         # (at most phases - 1, so pad + extra < min_side) only reach outputs that the crop below removes.
