@@ -118,11 +118,10 @@ class FramePolicy:
 def frame_policy(patch_shape: tuple[int, int], preprocessing: PatchConfig | None) -> FramePolicy:
     """The frame policy of a model with this patch shape and preprocessing."""
     # A reflect pad of p needs a side > p. The grid pad is at most patch side - 1, so a side of at
-    # least one patch satisfies it; the LCN kernel pads by its half-width, the whitening by its
-    # half-width plus up to WHITEN_PHASES - 1 more to fill its last block (FramePreprocess._whiten).
+    # least one patch satisfies it; the whitening and LCN kernels pad by their half-widths.
     min_side = max(patch_shape)
     if preprocessing is not None:
-        min_side = max(min_side, preprocessing.whiten_size // 2 + WHITEN_PHASES, preprocessing.lcn_size // 2 + 1)
+        min_side = max(min_side, preprocessing.whiten_size // 2 + 1, preprocessing.lcn_size // 2 + 1)
     return FramePolicy(tuple(patch_shape), min_side, preprocessing is not None)  # type: ignore[arg-type]
 
 
@@ -232,11 +231,11 @@ class FramePreprocess(nn.Module):
         """Correlate (B, 1, H, W) with the whitening kernel, reflect-101 border; 4 x 4 polyphase."""
         height, width = x.shape[2], x.shape[3]
         pad, phases = self.whiten_pad, self.whiten_phases
-        extra_h = (phases - height % phases) % phases  # rows and columns to whole blocks
-        extra_w = (phases - width % phases) % phases
-        # One reflect Pad, which also fills the bottom/right up to whole blocks: the extra rows and columns
-        # (at most phases - 1, so pad + extra < min_side) only reach outputs that the crop below removes.
-        padded = F.pad(x, [pad, pad + extra_w, pad, pad + extra_h], mode="reflect")
+        # Reflect-101 border, then phases - 1 zero rows and columns below and right, so that the strided
+        # Conv covers every pixel with ceil(H / p) x ceil(W / p) whole blocks; the zeros only reach outputs
+        # that the crop below removes. The zero pad's amounts are constants, so ONNX Runtime folds it into
+        # the Conv's own pads (its Pad + Conv fusion): one copy of the frame instead of two.
+        padded = F.pad(F.pad(x, [pad, pad, pad, pad], mode="reflect"), [0, phases - 1, 0, phases - 1])
         blocks = F.conv2d(padded, self.whiten_weight, self.whiten_bias, stride=(phases, phases))  # (B, p*p, ., .)
         return F.pixel_shuffle(blocks, phases)[:, :, :height, :width]  # channel a*p + b -> offset (a, b)
 
@@ -244,12 +243,14 @@ class FramePreprocess(nn.Module):
         """Correlate (B, 1, H, W) with the LCN Gaussian, reflect-101 border; separable, rows polyphase."""
         batch, height, width = x.shape[0], x.shape[2], x.shape[3]
         pad, phases = self.lcn_pad, self.lcn_phases
-        extra = (phases - width % phases) % phases  # zeros on the right: whole groups of columns
-        padded = F.pad(F.pad(x, [pad, pad, pad, pad], mode="reflect"), [0, extra, 0, 0])
-        rows = F.conv2d(padded, self.lcn_row_weight, self.lcn_bias, stride=(1, phases))  # (B, q, H + 2 pad, .)
-        out = F.conv2d(rows, self.lcn_column_weight, self.lcn_bias, groups=phases)  # (B, q, H, (W + extra) / q)
+        # Reflect-101 border, then phases - 1 zero columns on the right, so that the row Conv covers every
+        # column with G = ceil(W / q) whole groups (the zeros only reach the cropped columns); a constant
+        # zero pad, which ONNX Runtime folds into the Conv (see _whiten).
+        padded = F.pad(F.pad(x, [pad, pad, pad, pad], mode="reflect"), [0, phases - 1, 0, 0])
+        rows = F.conv2d(padded, self.lcn_row_weight, self.lcn_bias, stride=(1, phases))  # (B, q, H + 2 pad, G)
+        out = F.conv2d(rows, self.lcn_column_weight, self.lcn_bias, groups=phases)  # (B, q, H, G)
         # channel j of column i is output column q * i + j
-        out = out.permute(0, 2, 3, 1).reshape(batch, 1, height, width + extra)
+        out = out.permute(0, 2, 3, 1).reshape(batch, 1, height, -1)  # (B, 1, H, q * G)
         return out[:, :, :, :width]
 
     def forward(self, frames: Tensor) -> Tensor:

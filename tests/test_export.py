@@ -624,23 +624,25 @@ def test_export_refuses_non_square_and_non_poisson_models() -> None:
     with pytest.raises(CheckpointError, match="only 'poisson'"):
         build_paths(VAE(cfg), None)
     policy = frame_policy((16, 16), PatchConfig(whiten_size=41))
-    assert policy.min_side == 24 and policy.grid(33, 47) == (3, 3)  # 20 (half-width) + 4 (whitening block)
+    assert policy.min_side == 21 and policy.grid(33, 47) == (3, 3)  # 20 (the whitening's half-width) + 1
 
 
 @pytest.mark.parametrize("whiten_size", [15, 41])
 def test_frames_at_the_minimum_side_preprocess(whiten_size: int) -> None:
-    """Every side from the policy's minimum up takes the whitening's one reflect pad (half-width plus
-    the block remainder), which needs pad < side; the frame graph has the same pads."""
+    """Every side from the policy's minimum up, at every remainder of the 4 x 4 whitening blocks and the
+    16-column Gaussian groups, takes the reflect pads (which need pad < side); the frame graph has the
+    same pads."""
     from pvae.export.modules import FramePreprocess
 
     cfg = PatchConfig(whiten_size=whiten_size)
     side = frame_policy((16, 16), cfg).min_side
     pre = FramePreprocess(cfg)
     rng = np.random.default_rng(whiten_size)
-    for height in range(side, side + 4):  # every remainder mod the 4 x 4 whitening blocks
-        frames = torch.as_tensor(rng.integers(0, 256, (1, height, side + 3 - (height - side)), dtype=np.uint8))
-        out = pre(frames)
-        assert out.shape == frames.shape and torch.isfinite(out).all()
-    if side > 16:  # the whitening sets the minimum (not the patch): 3 below it, the block remainder is 3
+    for height, width in [(side + i % 4, side + i) for i in range(16)]:  # every remainder mod 4 and mod 16
+        frame = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        out = pre(torch.as_tensor(frame[None]))[0].numpy()
+        assert out.shape == frame.shape
+        assert np.abs(out - reference_preprocess(frame, cfg)).max() <= PREPROCESS_TOL  # the training pipeline
+    if side > 16:  # the whitening sets the minimum (not the patch): one below it, its reflect pad fails
         with pytest.raises(RuntimeError, match=r"[Pp]adding"):
-            pre(torch.zeros(1, side - 3, side, dtype=torch.uint8))
+            pre(torch.zeros(1, side - 1, side, dtype=torch.uint8))
