@@ -7,7 +7,7 @@ as a benchmark, tells how much slower or faster this host is; benchmarks print t
 it beside the figures as measured (pvae-bench-export, pvae-bench-serve).
 
     >>> run = opencv_preprocess(cfg); run(frame)              # (480, 640) float32 model-space frame
-    >>> speed = host_speed(cfg)                               # HostSpeed(opencv_ms=..., factor=...)
+    >>> host_speed(cfg).factor                                # this host's time over the reference machine's
 """
 
 from __future__ import annotations
