@@ -238,6 +238,12 @@ def _graph_section(
     # What pvae-serve runs for a request of counts and stats: the frame graph cut down to its rates.
     frame_rates_bytes = onnx.utils.Extractor(frame_model).extract_model(["frames"], ["rates"]).SerializeToString()
     opencv = opencv_preprocess(cfg) if cfg is not None else None
+    # The other bundle's graphs, parsed and cut once for every thread count: name -> (model bytes, feed)
+    twins: dict[str, tuple[bytes, str]] = {}
+    if against is not None:
+        other_pre = preprocess_model(onnx.load_from_string(against["frame"]), (patch, patch)).SerializeToString()
+        twins = {"rates": (against["rates"], "patches"), "preprocess": (other_pre, "frames"),
+                 "frame": (against["frame"], "frames")}
     seeds = iter(range(1, 1 << 62))
     results = []
     for threads in thread_counts:
@@ -249,14 +255,8 @@ def _graph_section(
             "frame": (_session(graphs["frame"], threads), "frames"),
             "frame_rates": (_session(frame_rates_bytes, threads), "frames"),
         }
-        if against is not None:
-            other_frame = onnx.load_from_string(against["frame"])
-            other_pre = preprocess_model(other_frame, (patch, patch)).SerializeToString()
-            for name, (graph_bytes, feed) in {
-                "rates": (against["rates"], "patches"), "preprocess": (other_pre, "frames"),
-                "frame": (against["frame"], "frames"),
-            }.items():
-                sessions[AGAINST_GRAPHS[name]] = (_session(graph_bytes, threads), feed)
+        for name, (graph_bytes, feed) in twins.items():
+            sessions[AGAINST_GRAPHS[name]] = (_session(graph_bytes, threads), feed)
         sampler = _session(graphs["sampler"], threads)
         real_rates = sessions["frame"][0].run(["rates"], {"frames": frame})[0][0]
         def call(session: Any, name: str) -> Callable[[], object]:
