@@ -3,6 +3,9 @@
 On a host with a CUDA device and onnxruntime-gpu it runs, each step bounded so that the whole
 check stays within about 5 minutes:
 
+0. **kernels** (runs without a GPU too): every node of every graph checked against ONNX Runtime's table
+   of CUDA kernels (``pvae.bench.cuda_kernels``) for its op version and input types; a node the CUDA EP
+   has no kernel for is listed, since ONNX Runtime would leave it on the CPU;
 1. **placement**: each graph of the bundle (frame, preprocess, rates, sampler, decoder) in a CUDA
    session with ONNX Runtime's profiler on; every node the profile shows on another execution
    provider than CUDA is listed. A sampler whose Loop or TopK runs on the CPU is not a CUDA-side
@@ -16,7 +19,8 @@ check stays within about 5 minutes:
 4. **training**: ``pvae-bench-train --device cuda`` micro-benchmark (a few optimisation steps per
    sampler variant): samples/s.
 
-Without a GPU it writes the JSON with ``"status": "skipped"`` and the reason, and exits 0.
+Without a GPU it writes the JSON with ``"status": "skipped"``, the reason and the kernel check, and exits 0
+(1 if the kernel check finds a node the CUDA EP cannot take).
 
     pvae-gpu-check --out runs/gpu-check.json
 """
@@ -42,6 +46,7 @@ import numpy as np
 
 import pvae
 from pvae.bench.config import BenchConfig
+from pvae.bench.cuda_kernels import CUDA_ABSENT, CUDA_INPUT_CONSTRAINTS, CUDA_KERNELS
 from pvae.bench.loadgen import Tally, Tickets, stream_frames
 from pvae.bench.serve import frame_message, server_processes, synthetic_frames
 from pvae.bundle import Bundle, load_bundle
@@ -49,7 +54,7 @@ from pvae.cli import run_cli
 from pvae.errors import PVAEError
 from pvae.paths import DEFAULT_BUNDLE_RESOURCE
 
-__all__ = ["CUDA_PROVIDER", "main", "node_placement", "sampler_parity"]
+__all__ = ["CUDA_PROVIDER", "cuda_kernel_gaps", "main", "node_placement", "sampler_parity"]
 
 PROG = "pvae-gpu-check"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -59,6 +64,8 @@ SAMPLER_DEVICE_OPS = ("Loop", "TopK")
 #: The serving goal: VGA frames per second of one pvae-serve process on one GPU.
 SERVING_GOAL_FPS = 2000.0
 VGA = (480, 640)
+#: Ops whose last input constraint repeats (variadic inputs: Concat's tensors, Loop's carried values).
+VARIADIC_OPS = frozenset({"Concat", "Max", "Min", "Sum", "Mean", "Loop"})
 
 
 def _ort() -> Any:
@@ -91,6 +98,119 @@ def _graph_models(bundle: Bundle) -> dict[str, bytes | str]:
     graphs["preprocess"] = preprocess_model(onnx.load(str(bundle.graph_path("frame"))),
                                             (int(shape[0]), int(shape[-1]))).SerializeToString()
     return graphs
+
+
+def _value_types(graph: Any, types: dict[str, str]) -> None:
+    """Element type names of every typed value of ``graph`` and its subgraphs, into ``types``."""
+    import onnx
+
+    for value in (*graph.input, *graph.output, *graph.value_info):
+        elem = value.type.tensor_type.elem_type
+        if elem:
+            types[value.name] = onnx.TensorProto.DataType.Name(elem)
+    for tensor in graph.initializer:
+        types[tensor.name] = onnx.TensorProto.DataType.Name(tensor.data_type)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Constant" and attribute.name == "value":
+                types[node.output[0]] = onnx.TensorProto.DataType.Name(attribute.t.data_type)
+            for sub in (attribute.g, *attribute.graphs) if attribute.type in (
+                    onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) else ():
+                if sub.ByteSize():
+                    _value_types(sub, types)
+
+
+def _nodes(graph: Any) -> list[Any]:
+    """The nodes of ``graph`` and of its subgraphs (Loop bodies), depth first."""
+    import onnx
+
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                nodes.extend(_nodes(attribute.g))
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for sub in attribute.graphs:
+                    nodes.extend(_nodes(sub))
+    return nodes
+
+
+def _cuda_row(op: str, version: int) -> dict[str, frozenset[str]] | None:
+    """The type constraints of the CUDA kernel row of ``op`` that covers op version ``version``."""
+    return next((types for since, until, types in CUDA_KERNELS.get(op, ())
+                 if since <= version and (until is None or version <= until)), None)
+
+
+def cuda_kernel_gaps(model: Any) -> list[str]:
+    """The nodes of ``model`` (an ``onnx.ModelProto``, subgraphs included) that ONNX Runtime's CUDA EP has
+    no kernel for, by ``pvae.bench.cuda_kernels``: an op it lacks, an op version outside its rows, or an
+    input type outside the type constraint. Each gap is one line naming the node; [] means every node can
+    run on the GPU (ONNX Runtime may still keep small shape computations on the CPU by choice)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types: dict[str, str] = {}
+    _value_types(inferred.graph, types)
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
+    gaps = []
+    for node in _nodes(inferred.graph):
+        if node.op_type == "Constant" and not node.domain:
+            continue  # folded into an initializer when the session loads: no kernel runs
+        label = f"{node.op_type} {node.name or node.output[0]!r}"
+        if node.domain not in ("", "ai.onnx"):
+            gaps.append(f"{label}: custom domain {node.domain!r}, no CUDA kernel")
+            continue
+        version = onnx.defs.get_schema(node.op_type, opset).since_version
+        if node.op_type == "CastLike":
+            # A function op: ONNX Runtime inlines it as a Cast to the type of its second input.
+            cast = _cuda_row("Cast", version) or {}
+            source, target = types.get(node.input[0]), types.get(node.input[1])
+            if source not in cast.get("T1", ()) or target not in cast.get("T2", ()):
+                gaps.append(f"{label}: a Cast from {source} to {target}, which the CUDA Cast kernel does not do")
+            continue
+        if node.op_type not in CUDA_KERNELS:
+            known = "lists no CUDA kernel for it" if node.op_type in CUDA_ABSENT else "is not transcribed for it"
+            gaps.append(f"{label}: pvae.bench.cuda_kernels {known}")
+            continue
+        row = _cuda_row(node.op_type, version)
+        if row is None:
+            gaps.append(f"{label}: no CUDA kernel for version {version} of {node.op_type} (opset {opset})")
+            continue
+        constraints = CUDA_INPUT_CONSTRAINTS[node.op_type]
+        for index, name in enumerate(node.input):
+            if not name:
+                continue
+            if index >= len(constraints) and node.op_type not in VARIADIC_OPS:
+                break
+            constraint = constraints[min(index, len(constraints) - 1)]
+            allowed = ({constraint[len("tensor("):-1].upper()} if constraint.startswith("tensor(")
+                       else row.get(constraint))
+            if allowed is None:
+                continue  # the table lists no types for this constraint
+            found = types.get(name)
+            if found is None:
+                gaps.append(f"{label}: the type of input {index} ({name!r}) is unknown")
+            elif found not in allowed:
+                gaps.append(f"{label}: input {index} ({name!r}) is {found}; the CUDA kernel takes "
+                            f"{', '.join(sorted(allowed))}")
+        if node.op_type == "Cast":
+            target = onnx.TensorProto.DataType.Name(next(a.i for a in node.attribute if a.name == "to"))
+            if target not in row.get("T2", ()):
+                gaps.append(f"{label}: casts to {target}, which the CUDA kernel does not produce")
+    return gaps
+
+
+def kernel_check(bundle: Bundle) -> dict[str, Any]:
+    """``cuda_kernel_gaps`` of every graph of ``bundle``: {graph: [gaps]}, and ``all_on_cuda``."""
+    import onnx
+
+    report: dict[str, Any] = {}
+    for name, model in _graph_models(bundle).items():
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+        report[name] = cuda_kernel_gaps(proto)
+    report["all_on_cuda"] = not any(report.values())
+    return report
 
 
 def _feeds(session: Any, bundle: Bundle, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -244,12 +364,15 @@ def _main(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     report: dict[str, Any] = {"started": datetime.now(UTC).isoformat(timespec="seconds"), "commit": _commit(),
                               "host": platform.node(), "gpu": args.gpu}
+    bundle = load_bundle(args.model or Path(pvae.__file__).parent / DEFAULT_BUNDLE_RESOURCE)
+    print(f"{PROG}: [0] kernels (every node against ONNX Runtime's CUDA kernel table) ...", file=sys.stderr)
+    report["kernels"] = kernel_check(bundle)
+    print(json.dumps(report["kernels"]), file=sys.stderr, flush=True)
     reason = skip_reason(args.gpu)
     if reason is not None:
         report.update(status="skipped", reason=reason)
         print(f"{PROG}: skipped: {reason}", file=sys.stderr)
     else:
-        bundle = load_bundle(args.model or Path(pvae.__file__).parent / DEFAULT_BUNDLE_RESOURCE)
         rng = np.random.default_rng(0)
         steps = [("placement", lambda: node_placement(bundle, args.gpu, rng)),
                  ("sampler_parity", lambda: sampler_parity(bundle, args.gpu, rng)),
@@ -269,6 +392,9 @@ def _main(argv: Sequence[str] | None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"{PROG}: wrote {args.out} (status {report['status']})", file=sys.stderr)
+    if not report["kernels"]["all_on_cuda"]:
+        print(f"{PROG}: some nodes have no CUDA kernel (see \"kernels\" in {args.out})", file=sys.stderr)
+        return 1
     return 0 if report["status"] != "failed" else 1
 
 
