@@ -82,6 +82,31 @@ def test_rice_codes_match(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
     assert fast == slow
 
 
+def _rice_cases(rng: np.random.Generator) -> list[np.ndarray]:
+    """Arrays that reach the writer's and the planner's edges: whole-word stream ends, long unary runs
+    (quotients of 64 and more), columns of mixed scale, odd widths, and values near 2^31 (row blocks of 1)."""
+    cases = []
+    for _ in range(40):
+        rows, cols = int(rng.integers(1, 60)), int(rng.integers(1, 70))
+        scales = rng.choice([0.0, 0.3, 2.0, 40.0, 3000.0], size=cols)
+        cases.append(rng.geometric(1.0 / (1.0 + scales), size=(rows, cols)).astype(np.int32) - 1)
+    cases.append(np.zeros((8, 8), np.int32))  # 64 one-bit codes: the quotient stream ends on a word boundary
+    cases.append(np.full((1, 1), 64, np.int32))  # a 65-bit unary code at k = 0 (one column, one row)
+    runs = np.zeros((3, 5), np.int32)
+    runs[1, 2] = 200  # a unary run across several all-ones words in a column the planner leaves at k = 0
+    cases.append(runs)
+    near_top = rng.integers(0, 2**31 - 1, size=(5, 9), dtype=np.int64).astype(np.int32)
+    near_top[0, 0] = 2**31 - 1
+    cases.append(near_top)
+    return cases
+
+
+def test_rice_codes_match_on_edge_cases(monkeypatch: pytest.MonkeyPatch) -> None:
+    for values in _rice_cases(np.random.default_rng(6)):
+        fast, slow = _both(monkeypatch, pack.rice_encode, values)
+        assert fast == slow, values.shape
+
+
 def _rates(kind: str, rng: np.random.Generator) -> np.ndarray:
     if kind == "model":  # the model's range: exp(log_rate) + 1.19e-7, log_rate softly clamped below 5.3
         return (np.exp(rng.uniform(-16.5, 5.34, (1200, 512))) + 1.19e-7).astype(np.float32)

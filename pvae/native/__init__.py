@@ -25,7 +25,7 @@ __all__ = ["ABI", "ENV_SWITCH", "NativeUnavailable", "library", "library_path"]
 #: Environment switch: "0" disables the native kernels.
 ENV_SWITCH = "PVAE_NATIVE"
 #: The C library's interface version (pvae_native_abi); a stale build with another one is not used.
-ABI = 4
+ABI = 5
 _HERE = Path(__file__).resolve().parent
 _U64, _I64, _INT, _DOUBLE, _PTR = ctypes.c_uint64, ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
 #: name: (restype, argtypes) of every exported function.
@@ -37,7 +37,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "pvae_row_stats": (None, [_PTR, _U64, _U64, _PTR, _PTR, _PTR]),
     "pvae_sparse_events": (_U64, [_PTR, _U64, _U64, _PTR, _PTR, _PTR, _PTR, _PTR]),
     "pvae_rice_plan": (None, [_PTR, _U64, _U64, _PTR, _PTR, _PTR, _PTR]),
-    "pvae_rice_write": (None, [_PTR, _U64, _U64, _PTR, _PTR, _PTR]),
+    "pvae_rice_write": (None, [_PTR, _U64, _U64, _PTR, _PTR, _PTR, _U64, _PTR]),
     "pvae_rate_deltas": (None, [_PTR, _U64, _U64, _PTR, _PTR, _PTR, _PTR, _PTR]),
 }
 

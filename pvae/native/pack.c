@@ -17,6 +17,15 @@
 #define MAX_RICE_PARAMETER 31
 #define RATE_CODE_TOP 255
 
+/* GCC on x86-64 also builds an AVX2 copy of the hot loops and picks one at load time (integer results, so
+ * both copies give the same bytes); elsewhere the plain build. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PVAE_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PVAE_CLONES
+#endif
+
+PVAE_CLONES
 void pvae_row_stats(const int32_t *counts, uint64_t rows, uint64_t cols, int64_t *sum_z, int64_t *sum_z2,
                     int64_t *nonzero) {
     for (uint64_t r = 0; r < rows; ++r) {
@@ -64,27 +73,47 @@ static unsigned bit_length(uint64_t v) {
 
 /* Per column, the k in [0, min(bit_length(max), 31)] minimising sum(v >> k) + rows (1 + k) (the first such
  * k on ties, as numpy's argmin); and the bit counts of the quotient and remainder streams. Values must be
- * >= 0 (int32). `scratch` holds (MAX_RICE_PARAMETER + 1) * cols int64. */
+ * >= 0 (int32). `scratch` holds (MAX_RICE_PARAMETER + 1) * cols int64 and cols int32 after them.
+ *
+ * The sums S_k = sum(v >> k) are taken one k at a time, and no further once S_k <= rows in every column:
+ * from there on cost(k + 1) - cost(k) = rows - (S_k - S_(k+1)) >= rows - S_k >= 0, so no later k is
+ * cheaper (at k = bit_length(max), S_k = 0, so it stops by then). Column sums gather in int32 over blocks
+ * of rows short enough that they cannot overflow (block * max < 2^31), which vectorises. */
+PVAE_CLONES
 void pvae_rice_plan(const int32_t *values, uint64_t rows, uint64_t cols, uint8_t *parameters, uint64_t *quotient_bits,
                     uint64_t *remainder_bits, int64_t *scratch) {
     int32_t top_value = 0;
     for (uint64_t i = 0; i < rows * cols; ++i) top_value = values[i] > top_value ? values[i] : top_value;
     unsigned top = bit_length((uint64_t)top_value);
     if (top > MAX_RICE_PARAMETER) top = MAX_RICE_PARAMETER;
-    int64_t *sums = scratch; /* sums[k * cols + c] = sum over rows of v >> k */
-    memset(sums, 0, sizeof(int64_t) * (top + 1) * cols);
-    for (uint64_t r = 0; r < rows; ++r) {
-        const int32_t *row = values + r * cols;
-        for (unsigned k = 0; k <= top; ++k) {
-            int64_t *sk = sums + k * cols;
-            for (uint64_t c = 0; c < cols; ++c) sk[c] += row[c] >> k;
+    int64_t *sums = scratch; /* sums[k * cols + c] = S_k of column c */
+    int32_t *block_sums = (int32_t *)(scratch + (MAX_RICE_PARAMETER + 1) * cols);
+    const uint64_t block = top_value ? (uint64_t)(INT32_MAX / top_value) : rows;
+    unsigned last_k = top;
+    for (unsigned k = 0; k <= top; ++k) {
+        int64_t *sk = sums + k * cols;
+        memset(sk, 0, sizeof(int64_t) * cols);
+        for (uint64_t first = 0; first < rows; first += block) {
+            const uint64_t last = first + block < rows ? first + block : rows;
+            memset(block_sums, 0, sizeof(int32_t) * cols);
+            for (uint64_t r = first; r < last; ++r) {
+                const int32_t *row = values + r * cols;
+                for (uint64_t c = 0; c < cols; ++c) block_sums[c] += row[c] >> k;
+            }
+            for (uint64_t c = 0; c < cols; ++c) sk[c] += block_sums[c];
+        }
+        int settled = 1;
+        for (uint64_t c = 0; c < cols; ++c) settled &= sk[c] <= (int64_t)rows;
+        if (settled) {
+            last_k = k;
+            break;
         }
     }
     uint64_t q_bits = 0, r_bits = 0;
     for (uint64_t c = 0; c < cols; ++c) {
         unsigned best = 0;
         int64_t best_cost = sums[c] + (int64_t)rows;
-        for (unsigned k = 1; k <= top; ++k) {
+        for (unsigned k = 1; k <= last_k; ++k) {
             int64_t cost = sums[k * cols + c] + (int64_t)rows * (1 + (int64_t)k);
             if (cost < best_cost) { best = k; best_cost = cost; }
         }
@@ -96,58 +125,61 @@ void pvae_rice_plan(const int32_t *values, uint64_t rows, uint64_t cols, uint8_t
     *remainder_bits = r_bits;
 }
 
-/* An MSB-first bit writer: bits gather in a 64-bit accumulator and leave 32 at a time. */
-typedef struct {
-    uint8_t *out;
-    uint64_t byte;
-    uint64_t acc; /* pending bits, right-aligned (only the low n matter) */
-    unsigned n;   /* how many: < 32 between calls */
-} bits_t;
-
-static inline void put_bits(bits_t *w, uint64_t value, unsigned n) { /* 1 <= n <= 32, value < 2^n */
-    w->acc = (w->acc << n) | value;
-    w->n += n;
-    if (w->n >= 32) {
-        w->n -= 32;
-        uint32_t word = (uint32_t)(w->acc >> w->n);
-        w->out[w->byte] = (uint8_t)(word >> 24);
-        w->out[w->byte + 1] = (uint8_t)(word >> 16);
-        w->out[w->byte + 2] = (uint8_t)(word >> 8);
-        w->out[w->byte + 3] = (uint8_t)word;
-        w->byte += 4;
-    }
+/* Stores a 64-bit word of an MSB-first bit stream at word `index` (big-endian bytes). */
+static inline void store_word(uint8_t *out, uint64_t index, uint64_t word) {
+    word = __builtin_bswap64(word);
+    memcpy(out + index * 8, &word, sizeof word);
 }
 
-/* q one-bits then a zero-bit */
-static inline void put_unary(bits_t *w, uint64_t q) {
-    while (q >= 32) { put_bits(w, 0xFFFFFFFFu, 32); q -= 32; }
-    put_bits(w, ((1ULL << q) - 1) << 1, (unsigned)q + 1);
-}
-
-static inline void flush_bits(bits_t *w) {
-    while (w->n >= 8) {
-        w->n -= 8;
-        w->out[w->byte++] = (uint8_t)(w->acc >> w->n);
-    }
-    if (w->n) w->out[w->byte++] = (uint8_t)(w->acc << (8 - w->n));
-    w->n = 0;
-}
-
-/* Output buffers hold ceil(bits / 8) bytes from pvae_rice_plan. */
+/* Writes the two streams, whose bit counts pvae_rice_plan gave (`quotient_bits`; the remainder stream's
+ * length follows from the parameters). Output buffers hold ceil(bits / 8) + RICE_SLACK bytes: whole 64-bit
+ * words are stored, and the streams are their first ceil(bits / 8) bytes, zero-padded. `coded` is scratch
+ * for cols uint32.
+ *
+ * The quotient stream is all ones but for the zero that ends each entry's code, so it is written a word at
+ * a time: each entry only moves the position on by its quotient + 1 and clears one bit. The remainders of
+ * a row go to the columns with a non-zero parameter only, in a 64-bit accumulator. */
 void pvae_rice_write(const int32_t *values, uint64_t rows, uint64_t cols, const uint8_t *parameters,
-                     uint8_t *quotients, uint8_t *remainders) {
-    bits_t q = {quotients, 0, 0, 0}, rem = {remainders, 0, 0, 0};
+                     uint8_t *quotients, uint8_t *remainders, uint64_t quotient_bits, uint32_t *coded) {
+    uint64_t n_coded = 0;
+    for (uint64_t c = 0; c < cols; ++c) {
+        coded[n_coded] = (uint32_t)c;
+        n_coded += parameters[c] != 0;
+    }
+    uint64_t q_word = 0, q_acc = ~0ULL, position = 0; /* quotient stream: word index, its bits, bits so far */
+    uint64_t r_word = 0, r_acc = 0;                    /* remainder stream: word index, pending bits (top) */
+    unsigned r_n = 0;                                  /* how many pending: < 64 */
     for (uint64_t r = 0; r < rows; ++r) {
         const int32_t *row = values + r * cols;
         for (uint64_t c = 0; c < cols; ++c) {
+            position += ((uint64_t)row[c] >> parameters[c]) + 1;
+            const uint64_t zero = position - 1;
+            while (__builtin_expect((zero >> 6) != q_word, 0)) { /* a word is full (or all ones) */
+                store_word(quotients, q_word++, q_acc);
+                q_acc = ~0ULL;
+            }
+            q_acc &= ~(1ULL << (63 - (zero & 63)));
+        }
+        for (uint64_t i = 0; i < n_coded; ++i) {
+            const uint64_t c = coded[i];
             const unsigned k = parameters[c];
-            const uint64_t v = (uint64_t)row[c];
-            put_unary(&q, v >> k);
-            if (k) put_bits(&rem, v & ((1ULL << k) - 1), k);
+            const uint64_t v = (uint64_t)row[c] & ((1ULL << k) - 1);
+            if (r_n + k < 64) {
+                r_acc |= v << (64 - r_n - k);
+                r_n += k;
+            } else { /* the word fills: its last bits, then the rest of v starts the next */
+                const unsigned spill = r_n + k - 64;
+                store_word(remainders, r_word++, r_acc | (v >> spill));
+                r_acc = spill ? v << (64 - spill) : 0;
+                r_n = spill;
+            }
         }
     }
-    flush_bits(&q);
-    flush_bits(&rem);
+    if (quotient_bits) {
+        if (quotient_bits & 63) q_acc &= ~0ULL << (64 - (quotient_bits & 63)); /* zero padding */
+        store_word(quotients, q_word, q_acc);
+    }
+    if (r_n) store_word(remainders, r_word, r_acc);
 }
 
 /* rates (rows x cols) -> base[c] (each column's upper median code) and zigzag(code - base) per entry.

@@ -22,6 +22,8 @@ __all__ = ["NativePacker", "RateGrid", "RiceStreams", "load"]
 
 #: Largest Rice parameter (pvae.proto RiceCodes.parameters; pack.c MAX_RICE_PARAMETER).
 MAX_RICE_PARAMETER = 31
+#: Bytes the Rice writer may store past the end of a stream (pack.c RICE_SLACK).
+RICE_SLACK = 8
 #: Codes per column of the rate-code histogram (pack.c RATE_CODE_TOP + 1).
 RATE_CODES = 256
 
@@ -84,14 +86,18 @@ class NativePacker:
         if array.size and int(array.min()) < 0:
             raise ValueError("Rice codes take values >= 0")
         parameters = np.empty(cols, np.uint8)
-        scratch = np.empty((MAX_RICE_PARAMETER + 1) * cols, np.int64)
+        # (MAX_RICE_PARAMETER + 1) * cols int64 column sums, then cols int32 block sums (pack.c).
+        scratch = np.empty((MAX_RICE_PARAMETER + 1) * cols + cols // 2 + 1, np.int64)
         quotient_bits, remainder_bits = ctypes.c_uint64(0), ctypes.c_uint64(0)
         self._lib.pvae_rice_plan(_ptr(array), rows, cols, _ptr(parameters), ctypes.byref(quotient_bits),
                                  ctypes.byref(remainder_bits), _ptr(scratch))
-        quotients = np.empty(-(-int(quotient_bits.value) // 8), np.uint8)
-        remainders = np.empty(-(-int(remainder_bits.value) // 8), np.uint8)
-        self._lib.pvae_rice_write(_ptr(array), rows, cols, _ptr(parameters), _ptr(quotients), _ptr(remainders))
-        return RiceStreams(parameters, quotients.tobytes(), remainders.tobytes())
+        q_bytes, r_bytes = -(-int(quotient_bits.value) // 8), -(-int(remainder_bits.value) // 8)
+        quotients = np.empty(q_bytes + RICE_SLACK, np.uint8)  # the writer stores whole 8-byte words
+        remainders = np.empty(r_bytes + RICE_SLACK, np.uint8)
+        coded = np.empty(cols, np.uint32)
+        self._lib.pvae_rice_write(_ptr(array), rows, cols, _ptr(parameters), _ptr(quotients), _ptr(remainders),
+                                  int(quotient_bits.value), _ptr(coded))
+        return RiceStreams(parameters, quotients[:q_bytes].tobytes(), remainders[:r_bytes].tobytes())
 
     def rate_deltas(self, rates: np.ndarray, grid: RateGrid) -> tuple[np.ndarray, np.ndarray]:
         """float32 (N, K) rates -> (base uint8 (K,): each column's upper median code, zigzag(code - base) int32

@@ -24,7 +24,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define PVAE_NATIVE_ABI 4 /* pvae/native/__init__.py ABI: bump with any exported signature */
+#define PVAE_NATIVE_ABI 5 /* pvae/native/__init__.py ABI: bump with any exported signature */
 
 #define SWITCH_RATE 10.0
 #define MAX_RATE 1.0e6f
