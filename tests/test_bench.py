@@ -218,3 +218,33 @@ def test_bench_export_compares_two_bundles_in_the_same_rounds(capsys: pytest.Cap
     section = out.split("this bundle vs --against", 1)[1].splitlines()[2:]
     assert [row.split()[1] for row in section] == ["preprocess", "frame", "rates"]
     assert all(float(row.split()[-1].rstrip("x")) > 0 for row in section)
+
+
+def test_bench_pack_times_each_kernel_against_numpy(tiny_bundle: Bundle, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """pvae-bench-pack: one row per packer with both timings and a byte comparison (no timing is asserted)."""
+    from pvae import native
+    from pvae.bench.pack import PACKERS
+    from pvae.bench.pack import main as bench_pack
+
+    try:
+        native.library()
+    except native.NativeUnavailable as exc:
+        pytest.skip(str(exc))
+    out_json = tmp_path / "pack.json"
+    assert bench_pack(["--model", str(tiny_bundle.root), "--rounds", "1", "--json", str(out_json)]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:1 + len(PACKERS)]
+    assert [row[:18].strip() for row in rows] == list(PACKERS)
+    assert all(row.endswith("yes") for row in rows)
+    figures = json.loads(out_json.read_text())["packers"]
+    assert all(r["native_ms"] > 0 and r["numpy_ms"] > 0 and r["equal"] for r in figures.values())
+
+
+def test_bench_pack_refuses_without_the_kernels(tiny_bundle: Bundle, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from pvae.bench.pack import main as bench_pack
+
+    monkeypatch.setenv("PVAE_NATIVE", "0")
+    assert bench_pack(["--model", str(tiny_bundle.root), "--rounds", "1"]) == 2
+    assert "native kernels are not built or are switched off" in capsys.readouterr().err
+    assert bench_pack(["--rounds", "0"]) == 2
