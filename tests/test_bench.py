@@ -173,10 +173,24 @@ def test_realtime_targets_are_judged_with_their_figures() -> None:
     lines = realtime_lines(rows)
     assert lines[0] == "1 stream >= 50 fps with p50 <= 30 ms: met (50.0 fps, p50 30.0 ms)"
     assert lines[1] == "4 streams >= 60 fps in total: MISSED (59.9 fps)"
-    assert lines[2] == "round trip <= 0.8 MB with rates requested (compact formats): MISSED (0.800 MB)"
+    assert lines[2] == ("round trip <= 0.8 MB with rates requested (compact formats): MISSED (0.800 MB, images sent "
+                        "back left apart)")
     slow = realtime_lines([{**rows[0], "p50_ms": 30.1}])
     assert slow[0].startswith("1 stream >= 50 fps with p50 <= 30 ms: MISSED")
-    assert slow[1].endswith("met (0.700 MB)")
+    assert slow[1].endswith("met (0.700 MB, images sent back left apart)")
+
+
+def test_compact_round_trip_leaves_images_apart_and_needs_the_compact_formats() -> None:
+    from pvae.bench.serve import realtime_lines
+
+    row = {"name": "1 stream", "fps": 50.0, "p50_ms": 30.0, "round_trip_bytes": 843_000,
+           "response_parts_bytes": {"rates": 321_000, "counts": 138_000, "reconstruction": 76_500}}
+    assert realtime_lines([row])[-1] == ("round trip <= 0.8 MB with rates requested (compact formats): met "
+                                         "(0.766 MB, images sent back left apart)")
+    assert realtime_lines([{**row, "round_trip_bytes": 900_000}])[-1].split(": ")[1].startswith("MISSED (0.824 MB")
+    assert realtime_lines([row], formats=("fp16", "sparse"))[-1] == (
+        "round trip <= 0.8 MB with rates requested (compact formats): not judged (this run: --float-format fp16 "
+        "--count-format sparse; the target is for u8log + rice)")
 
 
 def test_realtime_targets_are_judged_again_at_the_reference_speed() -> None:
