@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -28,13 +29,16 @@ from pvae.training.data.preprocess import (
     whitening_kernel,
 )
 
-__all__ = ["OPENCV_REFERENCE_MS", "HostSpeed", "host_speed", "opencv_preprocess", "vga_test_frame"]
+__all__ = ["OPENCV_REFERENCE_MS", "CpuTimes", "HostSpeed", "cpu_times", "host_speed", "opencv_preprocess",
+           "vga_test_frame"]
 
 #: OpenCV's time for the VGA preprocessing on the 2-core machine where the real-time targets were set.
 OPENCV_REFERENCE_MS = 4.4
 #: Calls of the probe (after WARMUP calls); the median is kept.
 PROBE_CALLS = 30
 PROBE_WARMUP = 3
+#: The kernel's CPU time counters (Linux): the first line sums all CPUs.
+PROC_STAT = Path("/proc/stat")
 
 
 def opencv_preprocess(cfg: PatchConfig) -> Callable[[np.ndarray], np.ndarray]:
@@ -71,31 +75,63 @@ def vga_test_frame(seed: int = 0) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class CpuTimes:
+    """All CPUs' time counters (clock ticks): the time stolen by the hypervisor for other guests, and all."""
+
+    steal: int
+    total: int
+
+    def steal_since(self, before: CpuTimes) -> float | None:
+        """The share of the CPU time since ``before`` that was stolen (None when no time passed)."""
+        total = self.total - before.total
+        return (self.steal - before.steal) / total if total > 0 else None
+
+
+def cpu_times(path: Path = PROC_STAT) -> CpuTimes | None:
+    """The counters now, from /proc/stat (None where there is none: not Linux)."""
+    try:
+        fields = path.read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    ticks = [int(v) for v in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return CpuTimes(steal=ticks[7] if len(ticks) > 7 else 0, total=sum(ticks))
+
+
+@dataclass(frozen=True)
 class HostSpeed:
     """OpenCV's VGA preprocessing time here, and how many times faster the reference machine is (a
-    factor > 1: this host is slower)."""
+    factor > 1: this host is slower); and, where known, the share of CPU time the hypervisor gave to
+    other guests meanwhile (a shared virtual machine is slow in part because of it, and unevenly so)."""
 
     opencv_ms: float
+    steal: float | None = None
 
     @property
     def factor(self) -> float:
         return self.opencv_ms / OPENCV_REFERENCE_MS
 
     def describe(self) -> str:
+        stolen = f"; {self.steal:.0%} of the CPU time stolen by the hypervisor meanwhile" if self.steal else ""
         return (f"host speed: OpenCV VGA preprocessing {self.opencv_ms:.2f} ms here, {OPENCV_REFERENCE_MS:g} ms on "
-                f"the machine that set the targets (this host is {self.factor:.2f}x its time)")
+                f"the machine that set the targets (this host is {self.factor:.2f}x its time{stolen})")
 
 
 def host_speed(cfg: PatchConfig, frame: np.ndarray | None = None, calls: int = PROBE_CALLS) -> HostSpeed:
-    """Time ``opencv_preprocess`` on a VGA frame (OpenCV's default threads); the median call."""
+    """Time ``opencv_preprocess`` on a VGA frame (OpenCV's default threads); the median call, and the CPU
+    steal over the calls."""
     run = opencv_preprocess(cfg)
     image = vga_test_frame() if frame is None else frame
     for _ in range(PROBE_WARMUP):
         run(image)
     times = []
+    before = cpu_times()
     for _ in range(calls):
         start = time.perf_counter()
         run(image)
         times.append(time.perf_counter() - start)
-    return HostSpeed(statistics.median(times) * 1e3)
+    after = cpu_times()
+    steal = after.steal_since(before) if before is not None and after is not None else None
+    return HostSpeed(statistics.median(times) * 1e3, steal)
 

@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 from pvae.bench.config import DEFAULT_FRAMES, BenchConfig
-from pvae.bench.host import OPENCV_REFERENCE_MS, HostSpeed, host_speed
+from pvae.bench.host import OPENCV_REFERENCE_MS, HostSpeed, cpu_times, host_speed
 from pvae.bench.loadgen import Tally, Tickets, stream_frames
 from pvae.cli import Flag, add_config_flags, flag_values, free_port, run_cli
 from pvae.clients import AsyncClient, FrameResult
@@ -345,6 +345,7 @@ def run_benchmark(config: BenchConfig, progress: Any = None) -> dict[str, Any]:
     preprocessing = bundle.manifest.get("preprocessing")
     cfg = PatchConfig.from_dict(preprocessing) if preprocessing else None
     speeds = [host_speed(cfg).opencv_ms] if cfg is not None else []
+    started = cpu_times()
     baseline = RunFigures("in-process")
     batched = RunFigures(f"in-proc b{config.window}")
     runs = {n: RunFigures(f"{n} stream{'s' if n > 1 else ''}") for n in config.concurrency}
@@ -358,6 +359,8 @@ def run_benchmark(config: BenchConfig, progress: Any = None) -> dict[str, Any]:
             if progress is not None:
                 progress(f"round {round_index + 1}/{config.rounds}: in-process {baseline.round_fps[-1]:.2f} fps, "
                          + ", ".join(f"{f.name} {f.round_fps[-1]:.2f} fps" for f in runs.values()))
+    ended = cpu_times()
+    steal = ended.steal_since(started) if started is not None and ended is not None else None
     if cfg is not None:
         speeds.append(host_speed(cfg).opencv_ms)  # before and after: the host's speed drifts
     return {
@@ -367,7 +370,7 @@ def run_benchmark(config: BenchConfig, progress: Any = None) -> dict[str, Any]:
         "in_process_batched": batched.summary() if batched.frames else None,
         "streaming": [run.summary() for run in runs.values()],
         "host": {"opencv_ms": statistics.median(speeds), "opencv_ms_each": speeds,
-                 "reference_ms": OPENCV_REFERENCE_MS} if speeds else None,
+                 "reference_ms": OPENCV_REFERENCE_MS, "steal_during_rounds": steal} if speeds else None,
     }
 
 
@@ -451,6 +454,8 @@ def format_report(figures: dict[str, Any]) -> str:
     host = figures.get("host")
     if host:
         lines.append(HostSpeed(host["opencv_ms"]).describe())
+        if host.get("steal_during_rounds") is not None:
+            lines.append(f"CPU time stolen by the hypervisor during the rounds: {host['steal_during_rounds']:.0%}")
     lines.extend(realtime_lines(figures["streaming"], HostSpeed(host["opencv_ms"]).factor if host else None,
                                 (figures["config"]["float_format"], figures["config"]["count_format"])))
     cfg = figures["config"]

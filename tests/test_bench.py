@@ -214,6 +214,25 @@ def test_host_speed_times_the_opencv_preprocessing() -> None:
     assert speed.opencv_ms > 0 and speed.factor == speed.opencv_ms / OPENCV_REFERENCE_MS
     assert HostSpeed(8.8).factor == pytest.approx(2.0)
     assert "8.80 ms here, 4.4 ms" in HostSpeed(8.8).describe()
+    assert HostSpeed(8.8, 0.31).describe().endswith("(this host is 2.00x its time; 31% of the CPU time stolen by the "
+                                                    "hypervisor meanwhile)")
+
+
+def test_cpu_steal_is_read_from_the_kernel_counters(tmp_path: Path) -> None:
+    from pvae.bench.host import CpuTimes, cpu_times
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 35 0 0\ncpu0 1 2 3\n")
+    before = cpu_times(stat)
+    assert before == CpuTimes(steal=35, total=1000)
+    stat.write_text("cpu  150 0 60 850 10 0 5 75 0 0\n")
+    after = cpu_times(stat)
+    assert before is not None and after is not None
+    assert after.steal_since(before) == pytest.approx(40 / 150)
+    assert before.steal_since(before) is None
+    assert cpu_times(tmp_path / "missing") is None
+    stat.write_text("intr 1 2 3\n")
+    assert cpu_times(stat) is None
 
 
 def test_bench_export_compares_two_bundles_in_the_same_rounds(capsys: pytest.CaptureFixture[str]) -> None:
