@@ -191,32 +191,38 @@ void pvae_rice_write(const int32_t *values, uint64_t rows, uint64_t cols, const 
  * of a float32 to the code of the smallest float with those bits; a 16-bit bucket is 2^-7 wide
  * (relative), narrower than one grid step (e^0.084), so it holds at most one threshold and the code is
  * table[b] or table[b] + 1. NaN is tested apart (its bucket may hold +inf's code). No log is taken.
- * `histogram` holds 256 * cols int32, code-major (neighbouring columns' counters share cache lines). */
+ * `histogram` is scratch for 256 * cols int32; the codes are counted HISTOGRAM_COLUMNS columns at a time,
+ * so that those columns' counters stay in the L1 cache. */
+#define HISTOGRAM_COLUMNS 16
+PVAE_CLONES
 void pvae_rate_deltas(const float *rates, uint64_t rows, uint64_t cols, const float *thresholds,
                       const uint8_t *table, uint8_t *base, int32_t *zigzag, int32_t *histogram) {
-    memset(histogram, 0, sizeof(int32_t) * cols * (RATE_CODE_TOP + 1));
-    for (uint64_t r = 0; r < rows; ++r) {
-        const float *row = rates + r * cols;
-        int32_t *out = zigzag + r * cols;
-        for (uint64_t c = 0; c < cols; ++c) {
-            const float rate = row[c];
-            uint32_t bits;
-            memcpy(&bits, &rate, sizeof bits);
-            int32_t code = table[bits >> 16];
-            code += rate >= thresholds[code + 1];
-            code = rate == rate ? code : 0;
-            out[c] = code; /* the code for now; the delta below */
-            histogram[(uint64_t)code * cols + c] += 1;
-        }
+    for (uint64_t i = 0; i < rows * cols; ++i) { /* the codes, for now in place of the deltas */
+        const float rate = rates[i];
+        uint32_t bits;
+        memcpy(&bits, &rate, sizeof bits);
+        int32_t code = table[bits >> 16];
+        code += rate >= thresholds[code + 1];
+        zigzag[i] = rate == rate ? code : 0;
     }
     const int64_t half = (int64_t)(rows / 2);
-    for (uint64_t c = 0; c < cols; ++c) { /* base = #codes whose cumulative count stays <= rows // 2 */
-        int64_t cumulative = 0, below = 0;
-        for (uint64_t code = 0; code <= RATE_CODE_TOP; ++code) {
-            cumulative += histogram[code * cols + c];
-            below += cumulative <= half;
+    for (uint64_t c0 = 0; c0 < cols; c0 += HISTOGRAM_COLUMNS) {
+        const uint64_t width = cols - c0 < HISTOGRAM_COLUMNS ? cols - c0 : HISTOGRAM_COLUMNS;
+        int32_t *counts = histogram + c0 * (RATE_CODE_TOP + 1); /* column-major: [column][code] */
+        memset(counts, 0, sizeof(int32_t) * width * (RATE_CODE_TOP + 1));
+        for (uint64_t r = 0; r < rows; ++r) {
+            const int32_t *codes = zigzag + r * cols + c0;
+            for (uint64_t j = 0; j < width; ++j) counts[j * (RATE_CODE_TOP + 1) + (uint64_t)codes[j]] += 1;
         }
-        base[c] = (uint8_t)(rows ? below : 0);
+        for (uint64_t j = 0; j < width; ++j) { /* base = #codes whose cumulative count stays <= rows // 2 */
+            const int32_t *column = counts + j * (RATE_CODE_TOP + 1);
+            int64_t cumulative = 0, below = 0;
+            for (uint64_t code = 0; code <= RATE_CODE_TOP; ++code) {
+                cumulative += column[code];
+                below += cumulative <= half;
+            }
+            base[c0 + j] = (uint8_t)(rows ? below : 0);
+        }
     }
     for (uint64_t r = 0; r < rows; ++r) {
         int32_t *row = zigzag + r * cols;
