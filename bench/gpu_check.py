@@ -54,7 +54,7 @@ from pvae.cli import run_cli
 from pvae.errors import PVAEError
 from pvae.paths import DEFAULT_BUNDLE_RESOURCE
 
-__all__ = ["CUDA_PROVIDER", "cuda_kernel_gaps", "main", "node_placement", "sampler_parity"]
+__all__ = ["CUDA_PROVIDER", "all_nodes", "cuda_kernel_gaps", "main", "node_placement", "sampler_parity"]
 
 PROG = "pvae-gpu-check"
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -100,6 +100,29 @@ def _graph_models(bundle: Bundle) -> dict[str, bytes | str]:
     return graphs
 
 
+def _subgraphs(node: Any) -> list[Any]:
+    """The graphs held by ``node``'s attributes (a Loop's body, an If's branches)."""
+    import onnx
+
+    graphs = []
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            graphs.append(attribute.g)
+        elif attribute.type == onnx.AttributeProto.GRAPHS:
+            graphs.extend(attribute.graphs)
+    return graphs
+
+
+def all_nodes(graph: Any) -> list[Any]:
+    """The nodes of ``graph`` (an ``onnx.GraphProto``) and of its subgraphs, depth first."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for sub in _subgraphs(node):
+            nodes.extend(all_nodes(sub))
+    return nodes
+
+
 def _value_types(graph: Any, types: dict[str, str]) -> None:
     """Element type names of every typed value of ``graph`` and its subgraphs, into ``types``."""
     import onnx
@@ -114,26 +137,8 @@ def _value_types(graph: Any, types: dict[str, str]) -> None:
         for attribute in node.attribute:
             if node.op_type == "Constant" and attribute.name == "value":
                 types[node.output[0]] = onnx.TensorProto.DataType.Name(attribute.t.data_type)
-            for sub in (attribute.g, *attribute.graphs) if attribute.type in (
-                    onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) else ():
-                if sub.ByteSize():
-                    _value_types(sub, types)
-
-
-def _nodes(graph: Any) -> list[Any]:
-    """The nodes of ``graph`` and of its subgraphs (Loop bodies), depth first."""
-    import onnx
-
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                nodes.extend(_nodes(attribute.g))
-            elif attribute.type == onnx.AttributeProto.GRAPHS:
-                for sub in attribute.graphs:
-                    nodes.extend(_nodes(sub))
-    return nodes
+        for sub in _subgraphs(node):
+            _value_types(sub, types)
 
 
 def _cuda_row(op: str, version: int) -> dict[str, frozenset[str]] | None:
@@ -154,7 +159,7 @@ def cuda_kernel_gaps(model: Any) -> list[str]:
     _value_types(inferred.graph, types)
     opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     gaps = []
-    for node in _nodes(inferred.graph):
+    for node in all_nodes(inferred.graph):
         if node.op_type == "Constant" and not node.domain:
             continue  # folded into an initializer when the session loads: no kernel runs
         label = f"{node.op_type} {node.name or node.output[0]!r}"

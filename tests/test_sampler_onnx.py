@@ -119,16 +119,6 @@ def _rate_grid() -> np.ndarray:
     return np.tile(grid, (25, 1))  # (25, 615)
 
 
-def _all_ops(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        for attribute in node.attribute:
-            if attribute.type == onnx.AttributeProto.GRAPH:
-                nodes.extend(_all_ops(attribute.g))
-    return nodes
-
-
 # ---------------------------------------------------------------------------------------------- parity
 @pytest.mark.parametrize("seed", [0, 1, -1, 2**63 - 1, -(2**63), 123456789])
 def test_graph_matches_reference_bit_for_bit(sampler: ort.InferenceSession, seed: int) -> None:
@@ -363,12 +353,12 @@ def test_squares32_top_bits_are_a_prefix() -> None:
 def test_default_graph_uses_only_cuda_implemented_standard_ops() -> None:
     """Every node, Loop bodies included, has a CUDA kernel for its op version and input types (ONNX Runtime's
     kernel table, pvae.bench.cuda_kernels); the bitshift variant does not (CPU EP only)."""
-    from pvae.bench.gpu_check import cuda_kernel_gaps
+    from pvae.bench.gpu_check import all_nodes, cuda_kernel_gaps
 
-    nodes = _all_ops(build_sampler_model().graph)
+    nodes = all_nodes(build_sampler_model().graph)
     assert {n.domain for n in nodes} <= {""}
     assert cuda_kernel_gaps(build_sampler_model()) == []
-    assert "BitShift" in {n.op_type for n in _all_ops(build_sampler_model(shift="bitshift").graph)}
+    assert "BitShift" in {n.op_type for n in all_nodes(build_sampler_model(shift="bitshift").graph)}
     assert cuda_kernel_gaps(build_sampler_model(shift="bitshift"))
 
 
