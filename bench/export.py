@@ -71,7 +71,7 @@ from pvae.preprocess_graph import preprocess_model
 from pvae.training.checkpoint import build_model, default_model_path, load_checkpoint
 from pvae.training.data import PatchConfig
 
-__all__ = ["GraphTarget", "Timing", "main", "measure_pair", "opencv_preprocess"]
+__all__ = ["GraphTarget", "Timing", "main", "measure_pair", "opencv_preprocess", "vga_frame"]
 
 PROG = "pvae-bench-export"
 #: Batch sizes: one patch, a small batch, one VGA frame (40 x 30 patches), four frames.
@@ -136,7 +136,8 @@ def _parse_batches(text: str) -> tuple[int, ...]:
     return batches
 
 
-def _vga_frame() -> np.ndarray:
+def vga_frame() -> np.ndarray:
+    """uint8 (1, 480, 640): scikit-image's camera photograph resized to VGA, the frame the graphs are timed on."""
     import cv2
 
     image = natural_images()[0]  # skimage camera, 512 x 512
@@ -412,7 +413,7 @@ def _main(argv: Sequence[str] | None) -> int:
         rows.append((batch, timing["torch"], timing["onnx"]))
 
     say("frame graph and sampler on a 640x480 frame ...")
-    frame = _vga_frame()
+    frame = vga_frame()
     real_rates = frame_session.run(["rates"], {"frames": frame})[0][0]
     stress_rates = np.full_like(real_rates, STRESS_RATE)
     vga_patches = np.ascontiguousarray(np.resize(pool, (VGA_PATCHES, pool.shape[1])))

@@ -47,7 +47,6 @@ PROG = "pvae-bench-pack"
 #: Calls per timing (the median is kept) and the seed of the frame's counts.
 CALLS = 7
 SEED = 7
-VGA = (480, 640)
 
 #: name -> the packing call on (rates float32 (N, K), counts int32 (N, K)).
 PACKERS: dict[str, Callable[[np.ndarray, np.ndarray], Any]] = {
@@ -113,15 +112,12 @@ def time_packers(rates: np.ndarray, counts: np.ndarray, rounds: int,
 
 def _frame_outputs(model: Path | None) -> tuple[np.ndarray, np.ndarray, str]:
     """(rates, counts, label) of one natural VGA frame through the bundle's frame graph and sampler."""
-    import cv2
-
-    from pvae.export.verify import natural_images
+    from pvae.bench.export import vga_frame
     from pvae.serving.engine import DevicePlan, Engine
 
     bundle = load_bundle(model or Path(pvae.__file__).parent / DEFAULT_BUNDLE_RESOURCE)
     engine = Engine(bundle, DevicePlan("cpu"))
-    image = cv2.resize(natural_images()[0], (VGA[1], VGA[0]), interpolation=cv2.INTER_AREA)[None]
-    batch = engine.run_frames(image, ("rates",))
+    batch = engine.run_frames(vga_frame(), ("rates",))
     rates = np.ascontiguousarray(batch.host["rates"][0])
     return rates, engine.sample(batch, 0, seed=SEED), f"{bundle.root}, K={bundle.n_latents}"
 
