@@ -375,7 +375,7 @@ def run_benchmark(config: BenchConfig, progress: Any = None) -> dict[str, Any]:
 
 
 def realtime_lines(streaming: list[dict[str, Any]], host_factor: float | None = None,
-                   formats: tuple[str, str] = ("u8log", "rice")) -> list[str]:
+                   formats: tuple[str, str] = COMPACT_FORMATS) -> list[str]:
     """The real-time targets: 1 stream >= 50 fps with p50 <= 30 ms, 4 streams >= 60 fps, and the compact
     round trip. With ``host_factor`` (this host's time over the reference machine's for the same OpenCV
     work, pvae.bench.host), the stream targets are judged a second time on the figures scaled to the
@@ -383,7 +383,7 @@ def realtime_lines(streaming: list[dict[str, Any]], host_factor: float | None = 
 
     The round trip is the frame in and the rates, counts and stats out (the worst stream row; images sent
     back, the reconstruction or the preprocessed frame, are left apart, as in the target's baseline). It
-    is judged only for a run with the compact ``formats`` (float, count) = ("u8log", "rice")."""
+    is judged only for a run with the compact ``formats`` (float, count), ``COMPACT_FORMATS``."""
     lines = []
     for row in streaming:
         fps, p50 = row["fps"], row["p50_ms"]

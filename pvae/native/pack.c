@@ -132,9 +132,9 @@ static inline void store_word(uint8_t *out, uint64_t index, uint64_t word) {
 }
 
 /* Writes the two streams, whose bit counts pvae_rice_plan gave (`quotient_bits`; the remainder stream's
- * length follows from the parameters). Output buffers hold ceil(bits / 8) + RICE_SLACK bytes: whole 64-bit
- * words are stored, and the streams are their first ceil(bits / 8) bytes, zero-padded. `coded` is scratch
- * for cols uint32.
+ * length follows from the parameters). Output buffers hold ceil(bits / 8) + 8 bytes (pack.py RICE_SLACK):
+ * whole 64-bit words are stored, and the streams are their first ceil(bits / 8) bytes, zero-padded.
+ * `coded` is scratch for cols uint32.
  *
  * The quotient stream is all ones but for the zero that ends each entry's code, so it is written a word at
  * a time: each entry only moves the position on by its quotient + 1 and clears one bit. The remainders of
